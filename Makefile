@@ -1,0 +1,46 @@
+# Relayboard: `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+BIND ?= 127.0.0.1:8000
+WORKERS ?= 2
+
+.PHONY: run test test-pg lint bench clean install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEVSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/relayboard db upgrade
+	$(BIN)/relayboard serve --bind $(BIND) --workers $(WORKERS)
+
+test: $(DEVSTAMP)
+	$(BIN)/pytest -q
+
+# The queue's concurrency tests against PostgreSQL (CI runs this after `make test`).
+test-pg: $(DEVSTAMP)
+	RELAYBOARD_TEST_PG_URL=$${RELAYBOARD_TEST_PG_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test} \
+		$(BIN)/pytest -q -m pg
+
+lint: $(DEVSTAMP)
+	$(BIN)/ruff check app tests bench
+	$(BIN)/mypy app
+
+bench: $(DEVSTAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

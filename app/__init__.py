@@ -1,0 +1,94 @@
+"""Relayboard: a self-hosted outbound email gateway with an operations dashboard."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from flask import Flask, Response
+from sqlalchemy import Engine, event
+
+from app import logs
+from app.config import PROJECT_ROOT, Settings
+from app.extensions import csrf, db, migrate
+
+__all__ = ["create_app"]
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Give SQLite WAL, a busy timeout and foreign keys; let SQLAlchemy's begin hook start transactions."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """Take SQLite's write lock at BEGIN: a deferred transaction that later writes can fail at once with 'database is locked'."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Create the Relayboard application; `config` overrides settings (tests pass a Settings)."""
+    config = dict(config or {})
+    settings: Settings = config.pop("SETTINGS", None) or Settings.from_env()
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_path),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    engine_options: dict[str, Any] = {"pool_pre_ping": True}
+    if settings.database_url.startswith("sqlite"):
+        engine_options = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options,
+        # base64 inflates attachments by a third; leave room for the JSON around them.
+        MAX_CONTENT_LENGTH=settings.max_message_bytes * 4 // 3 + 64 * 1024,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+        RELAYBOARD=settings,
+    )
+    app.config.update(config)
+    logs.configure(settings.log_format, settings.log_level)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    csrf.init_app(app)
+
+    from app.api.routes import bp as api_bp
+    from app.web.health import bp as health_bp
+
+    csrf.exempt(api_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(health_bp)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    return app
+
+
+def settings_of(app: Flask) -> Settings:
+    """Return the Settings an app was created with."""
+    settings: Settings = app.config["RELAYBOARD"]
+    return settings

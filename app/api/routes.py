@@ -1,0 +1,205 @@
+"""The JSON API: POST /api/send, GET /api/messages/<id>, GET /api/messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pydantic
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from app import settings_of
+from app.api.schemas import SendRequest, errors_to_fields
+from app.domain import mime
+from app.domain.links import extract_links
+from app.extensions import db
+from app.models import PRIORITIES, PRIORITY_NAMES, STATUSES, Attempt, Event, Message, Relay
+from app.services import api_keys, queue
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_PAGE = 500
+
+
+def api_error(
+    status: int, code: str, message: str, fields: dict[str, str] | None = None
+) -> tuple[Response, int]:
+    """Return the API's error body: {"error": {"code", "message", "fields"}}."""
+    return jsonify(error={"code": code, "message": message, "fields": fields or {}}), status
+
+
+@bp.before_request
+def authenticate() -> Any:
+    """Require `Authorization: Bearer KEY` with a live key."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return api_error(401, "unauthorized",
+                         "send your API key as 'Authorization: Bearer KEY'")
+    key_id = api_keys.authenticate(key.strip())
+    if key_id is None:
+        return api_error(401, "unauthorized", "the API key is not valid or has been revoked")
+    g.api_key_id = key_id
+    return None
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
+    """Refuse a body over the size limit."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return api_error(413, "too_large", f"the request body is larger than {limit} bytes")
+
+
+@bp.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> tuple[Response, int]:
+    """Answer HTTP errors under /api in JSON."""
+    return api_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                     exc.description or "")
+
+
+@bp.post("/send")
+def send() -> Any:
+    """Validate a message, store it durably and queue it; answer 202 with its id."""
+    if not request.mimetype or request.mimetype != "application/json":
+        return api_error(415, "unsupported_media_type",
+                         "send the message as JSON with 'Content-Type: application/json'")
+    settings = settings_of(current_app)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None:
+        idempotency_key = idempotency_key.strip()
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
+            return api_error(400, "invalid_idempotency_key",
+                             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+    body = request.get_data(cache=False)
+    try:
+        payload = SendRequest.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        fields = errors_to_fields(exc)
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            return api_error(400, "malformed_json", "the body is not valid JSON: "
+                             + "; ".join(fields.values()), fields)
+        return api_error(400, "invalid", "the message is not valid: see fields", fields)
+    try:
+        if payload.raw is not None:
+            envelope_from, recipients = payload.raw_envelope()
+            built = mime.parse_raw(payload.raw, envelope_from=envelope_from,
+                                   recipients=recipients,
+                                   message_id_domain=settings.message_id_domain,
+                                   max_bytes=settings.max_message_bytes)
+        else:
+            built = mime.build_message(payload.to_message_spec(),
+                                       message_id_domain=settings.message_id_domain,
+                                       max_bytes=settings.max_message_bytes)
+    except mime.MessageTooLarge as exc:
+        return api_error(413, "too_large", str(exc))
+    except mime.InvalidMessage as exc:
+        field = "raw" if payload.raw is not None else "message"
+        return api_error(400, "invalid", str(exc), {field: str(exc)})
+    try:
+        queued = queue.enqueue(
+            built,
+            priority=PRIORITIES[payload.priority],
+            tags=list(payload.tags),
+            api_key_id=g.api_key_id,
+            idempotency_key=idempotency_key,
+            idempotency_hash=queue.body_hash(body) if idempotency_key else None,
+        )
+    except queue.IdempotencyConflict as exc:
+        return api_error(409, "idempotency_conflict", str(exc))
+    response = jsonify(id=queued.id, status=queued.status, message_id=queued.message_id)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.message", message_pk=queued.id)
+    if queued.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+def _summary(message: Message, relay_name: str | None) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "status": message.status,
+        "message_id": message.message_id,
+        "subject": message.subject,
+        "from": message.from_header,
+        "to": message.to_header,
+        "recipients": len(message.recipients),
+        "priority": PRIORITY_NAMES.get(message.priority, "normal"),
+        "tags": message.tags,
+        "created_at": _iso(message.created_at),
+        "sent_at": _iso(message.sent_at),
+        "next_attempt_at": _iso(message.next_attempt_at),
+        "attempt_count": message.attempt_count,
+        "last_error": message.last_error,
+        "relay": relay_name,
+    }
+
+
+@bp.get("/messages/<int:message_pk>")
+def message(message_pk: int) -> Any:
+    """Return a message with its attempts, events and links."""
+    row = db.session.get(Message, message_pk)
+    if row is None:
+        return api_error(404, "not_found", f"no message with id {message_pk}")
+    relay_name = db.session.scalar(select(Relay.name).where(Relay.id == row.relay_id)) \
+        if row.relay_id else None
+    attempts = db.session.scalars(
+        select(Attempt).where(Attempt.message_id == row.id).order_by(Attempt.id)
+    )
+    events = db.session.scalars(
+        select(Event).where(Event.message_id == row.id).order_by(Event.id)
+    )
+    body = _summary(row, relay_name)
+    body["attempts"] = [
+        {
+            "at": _iso(a.at),
+            "relay": a.relay_name,
+            "outcome": a.outcome,
+            "stage": a.stage,
+            "code": a.code,
+            "enhanced_status": a.enhanced_status,
+            "response": a.response,
+            "recipients": a.recipients,
+            "duration_ms": a.duration_ms,
+        }
+        for a in attempts
+    ]
+    body["events"] = [
+        {"at": _iso(e.at), "type": e.type, "detail": e.detail, "data": e.data} for e in events
+    ]
+    body["pending_recipients"] = row.pending_recipients
+    body["links"] = extract_links(row.data)
+    return jsonify(body)
+
+
+@bp.get("/messages")
+def messages() -> Any:
+    """List messages, newest first: ?status=…&limit=…&before=<id>."""
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        return api_error(400, "invalid", f"status must be one of {', '.join(STATUSES)}",
+                         {"status": f"unknown status {status!r}"})
+    try:
+        limit = int(request.args.get("limit", 50))
+        before = int(request.args["before"]) if "before" in request.args else None
+    except ValueError:
+        return api_error(400, "invalid", "limit and before must be whole numbers")
+    if not 1 <= limit <= MAX_PAGE:
+        return api_error(400, "invalid", f"limit must be between 1 and {MAX_PAGE}",
+                         {"limit": "out of range"})
+    query = select(Message).order_by(Message.id.desc()).limit(limit)
+    if status:
+        query = query.where(Message.status == status)
+    if before:
+        query = query.where(Message.id < before)
+    rows = list(db.session.scalars(query))
+    names = dict(db.session.execute(select(Relay.id, Relay.name)).tuples().all())
+    items = [_summary(m, names.get(m.relay_id) if m.relay_id else None) for m in rows]
+    next_before = rows[-1].id if len(rows) == limit else None
+    return jsonify(messages=items, next_before=next_before)

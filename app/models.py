@@ -1,0 +1,201 @@
+"""Typed SQLAlchemy 2.0 models. Lean: no HTTP serialisation here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.extensions import db
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time, naive (every timestamp in the database is naive UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+PRIORITY_NAMES = {value: name for name, value in PRIORITIES.items()}
+
+# Message statuses. A message is claimable iff next_attempt_at is set (queued or deferred).
+QUEUED, SENDING, DEFERRED, HELD, SENT, FAILED, LOGGED, CANCELLED = (
+    "queued",
+    "sending",
+    "deferred",
+    "held",
+    "sent",
+    "failed",
+    "logged",
+    "cancelled",
+)
+STATUSES = (QUEUED, SENDING, DEFERRED, HELD, SENT, FAILED, LOGGED, CANCELLED)
+
+
+class Relay(db.Model):  # type: ignore[name-defined,misc]
+    """An SMTP relay (smarthost) mail can be delivered through."""
+
+    __tablename__ = "relays"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    security: Mapped[str] = mapped_column(String(16), default="starttls")
+    tls_verify: Mapped[bool] = mapped_column(Boolean, default=True)
+    username: Mapped[str | None] = mapped_column(String(255))
+    password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    priority: Mapped[int] = mapped_column(Integer, default=10)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    provider: Mapped[str] = mapped_column(String(32), default="generic")
+    max_per_connection: Mapped[int] = mapped_column(Integer, default=100)
+    max_rate: Mapped[float | None] = mapped_column(Float)  # messages per second
+    maintenance_policy: Mapped[str] = mapped_column(String(16), default="reroute")
+    breaker_threshold: Mapped[int] = mapped_column(Integer, default=3)
+    breaker_open_seconds: Mapped[int] = mapped_column(Integer, default=1800)
+    breaker_success_threshold: Mapped[int] = mapped_column(Integer, default=1)
+
+    circuit_state: Mapped[str] = mapped_column(String(16), default="closed")
+    circuit_failures: Mapped[int] = mapped_column(Integer, default=0)
+    circuit_successes: Mapped[int] = mapped_column(Integer, default=0)
+    circuit_open_until: Mapped[datetime | None] = mapped_column(DateTime)
+    circuit_reason: Mapped[str | None] = mapped_column(Text)
+    circuit_changed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    cooldown_until: Mapped[datetime | None] = mapped_column(DateTime)
+
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_duration_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+    """A key an application sends mail with; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Message(db.Model):  # type: ignore[name-defined,misc]
+    """One outbound message, stored durably from enqueue until it ends."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The claim's WHERE and ORDER BY, served by one small partial index.
+        Index(
+            "ix_messages_due",
+            "priority",
+            "next_attempt_at",
+            sqlite_where=text("next_attempt_at IS NOT NULL"),
+            postgresql_where=text("next_attempt_at IS NOT NULL"),
+        ),
+        Index("ix_messages_status_created", "status", "created_at"),
+        Index(
+            "ix_messages_lease",
+            "lease_expires_at",
+            sqlite_where=text("status = 'sending'"),
+            postgresql_where=text("status = 'sending'"),
+        ),
+        UniqueConstraint("api_key_id", "idempotency_key", name="uq_messages_idempotency"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    # Recipients still to deliver after a partial success; None means all of them.
+    pending_recipients: Mapped[list[str] | None] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_header: Mapped[str] = mapped_column(Text, default="")
+    to_header: Mapped[list[str]] = mapped_column(JSON, default=list)
+    priority: Mapped[int] = mapped_column(Integer, default=1)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    relay: Mapped[Relay | None] = relationship()
+
+
+class Attempt(db.Model):  # type: ignore[name-defined,misc]
+    """One try of one message through one relay."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_message", "message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    relay_name: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(16))
+    code: Mapped[int | None] = mapped_column(Integer)
+    enhanced_status: Mapped[str | None] = mapped_column(String(16))
+    response: Mapped[str | None] = mapped_column(Text)
+    recipients: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Event(db.Model):  # type: ignore[name-defined,misc]
+    """A transition: of a message, a failover, or a circuit."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_message", "message_id"),
+        Index("ix_events_type_at", "type", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    type: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class JobLease(db.Model):  # type: ignore[name-defined,misc]
+    """A lease row a singleton job takes so that one instance runs it."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)

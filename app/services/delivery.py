@@ -1,0 +1,668 @@
+"""The delivery engine: claim due mail, send it over pooled sessions with failover, record outcomes.
+
+Async stays inside the pass: the database work runs on one worker thread (claims and
+records never overlap there), while one event loop sends over reused SMTP sessions.
+Claims run ahead of sending so the relays never wait on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from app import logs
+from app.config import Settings
+from app.domain import breaker
+from app.domain.breaker import Circuit, CircuitState, Transition
+from app.domain.replies import (
+    Action,
+    Scope,
+    Verdict,
+    classify_connection_error,
+    classify_reply,
+    enhanced_status,
+)
+from app.domain.retry import RetryPolicy
+from app.domain.routing import RelayChoice, failover_order
+from app.models import DEFERRED, FAILED, SENT, Event, Relay, utcnow
+from app.services import queue
+from app.services.relays import RelaySnapshot, snapshot
+from app.transport.pool import RelayPool, RelayUnavailable
+from app.transport.smtp import Endpoint, RelaySession, SendResult, Timeouts, TransportError
+
+log = logs.get("delivery")
+T = TypeVar("T")
+
+THROTTLE_COOLDOWN_SECONDS = 60.0
+FLUSH_EVERY_SECONDS = 0.05
+
+
+def worker_id() -> str:
+    """Return a name for this process's leases: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class PassReport:
+    """What one drain did."""
+
+    claimed: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    failovers: int = 0
+    seconds: float = 0.0
+
+    def add(self, outcome: queue.Outcome) -> None:
+        """Count one finished message."""
+        if outcome.status == SENT:
+            self.sent += 1
+        elif outcome.status == DEFERRED:
+            self.deferred += 1
+        elif outcome.status == FAILED:
+            self.failed += 1
+        self.failovers += sum(1 for e in outcome.events if e["type"] == "failover")
+
+
+@dataclass
+class RelayState:
+    """One relay during a pass: its snapshot, live circuit, session pool and pacing."""
+
+    snap: RelaySnapshot
+    pool: RelayPool
+    circuit: Circuit
+    cooldown_until: datetime | None
+    dirty: bool = False
+    trial_in_flight: bool = False
+    next_slot: float = 0.0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_duration_ms: float | None = None
+    transitions: list[tuple[datetime, Transition]] = field(default_factory=list)
+
+    @property
+    def id(self) -> int:
+        return self.snap.endpoint.id
+
+    @property
+    def name(self) -> str:
+        return self.snap.endpoint.name
+
+    def unavailable(self, now: datetime) -> str | None:
+        """Say why this relay cannot be tried now, or None when it can."""
+        if not self.snap.enabled:
+            return "disabled"
+        if self.cooldown_until and now < self.cooldown_until:
+            return f"cooling down after throttling until {self.cooldown_until:%H:%M:%S}"
+        if not breaker.allows(self.circuit, now):
+            until = f" until {self.circuit.open_until:%H:%M}" if self.circuit.open_until else ""
+            return f"circuit open{until}: {self.circuit.reason}"
+        if self.trial_in_flight and self.circuit.state != CircuitState.CLOSED:
+            return "circuit half-open: a trial is in flight"
+        return None
+
+    def change(self, circuit: Circuit, transition: Transition | None, now: datetime) -> None:
+        """Adopt a new circuit value and remember a transition to record."""
+        if circuit != self.circuit:
+            self.circuit = circuit
+            self.dirty = True
+        if transition:
+            self.transitions.append((now, transition))
+            log.warning(
+                "circuit " + transition.after.value.replace("_", "-"),
+                extra={"relay": self.name, "from": transition.before.value,
+                       "to": transition.after.value, "reason": transition.reason},
+            )
+
+    async def pace(self) -> None:
+        """Wait for this relay's rate limit, if it has one."""
+        rate = self.snap.max_rate
+        if not rate:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class DeliveryEngine:
+    """Deliver due messages through the relays, in passes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        opener: Callable[[Endpoint, Timeouts], Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.owner = owner or worker_id()
+        self.timeouts = Timeouts(
+            connect=settings.connect_timeout,
+            command=settings.command_timeout,
+            deadline=settings.attempt_deadline,
+        )
+        self.retry = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
+        self.rng = rng or random.Random()
+        self._opener = opener or self._open_session
+
+    async def _open_session(self, endpoint: Endpoint, timeouts: Timeouts) -> RelaySession:
+        return await RelaySession.open(endpoint, timeouts, ca_file=self.settings.ca_file)
+
+    # -- the pass -----------------------------------------------------------------
+
+    def drain(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        progress: Callable[[PassReport], None] | None = None,
+        max_messages: int | None = None,
+    ) -> PassReport:
+        """Deliver everything that is due now, then return what was done."""
+        return asyncio.run(self._drain(stop or threading.Event(), progress, max_messages))
+
+    async def _drain(
+        self,
+        stop: threading.Event,
+        progress: Callable[[PassReport], None] | None,
+        max_messages: int | None,
+    ) -> PassReport:
+        started = time.perf_counter()
+        report = PassReport()
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1, thread_name_prefix="relayboard-db")
+
+        async def on_db(fn: Callable[..., T], *args: Any) -> T:
+            return await loop.run_in_executor(executor, fn, *args)
+
+        await on_db(self._reap)
+        self.relays = await on_db(self._load_relays)
+        results: list[queue.Outcome] = []
+        flush_wanted = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+        done_claiming = False
+        batch = self.settings.batch_size
+
+        async def deliver(message: queue.Claimed) -> None:
+            try:
+                outcome = await self._deliver(message)
+            except Exception as exc:  # a bug must not lose the message: defer it, loudly
+                log.exception("delivery crashed", extra={"mid": message.id})
+                outcome = self._deferred_outcome(message, f"internal error: {exc!r}", [], [])
+            results.append(outcome)
+            if len(results) >= batch:
+                flush_wanted.set()
+
+        async def flusher() -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(flush_wanted.wait(), FLUSH_EVERY_SECONDS)
+                except TimeoutError:
+                    pass
+                flush_wanted.clear()
+                if results:
+                    chunk = results[:]
+                    del results[: len(chunk)]
+                    await on_db(self._record, chunk)
+                    for outcome in chunk:
+                        report.add(outcome)
+                    if progress:
+                        progress(report)
+                elif done_claiming and not tasks:
+                    return
+
+        flush_task = asyncio.create_task(flusher())
+        try:
+            while not stop.is_set():
+                if max_messages is not None and report.claimed >= max_messages:
+                    break
+                # Keep about two batches in flight: one sending, one ready.
+                while len(tasks) >= 2 * batch:
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                want = batch if max_messages is None else min(batch, max_messages - report.claimed)
+                claimed = await on_db(self._claim, want)
+                if not claimed:
+                    if not tasks and not results:
+                        break
+                    if tasks:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(FLUSH_EVERY_SECONDS)
+                    continue
+                report.claimed += len(claimed)
+                for message in claimed:
+                    task = asyncio.create_task(deliver(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            done_claiming = True
+            flush_wanted.set()
+            await flush_task
+            await asyncio.gather(*(state.pool.close() for state in self.relays.values()))
+            await on_db(self._save_relays)
+            executor.shutdown(wait=True)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- database steps (run on the DB thread) -------------------------------------
+
+    def _reap(self) -> None:
+        with self.engine.begin() as conn:
+            queue.reap_expired_leases(conn)
+
+    def _claim(self, limit: int) -> list[queue.Claimed]:
+        with self.engine.begin() as conn:
+            claimed = queue.claim(conn, self.owner, limit, self.settings.lease_seconds)
+        self._refresh_relays()
+        return claimed
+
+    def _load_relays(self) -> dict[int, RelayState]:
+        states: dict[int, RelayState] = {}
+        with Session(self.engine) as session:
+            for relay in session.scalars(select(Relay).order_by(Relay.priority, Relay.name)):
+                snap = snapshot(relay, self.settings.secret_key)
+                states[relay.id] = RelayState(
+                    snap=snap,
+                    pool=RelayPool(
+                        snap.endpoint,
+                        self.timeouts,
+                        self.settings.sessions_per_relay,
+                        self.settings.connect_patience,
+                        self._opener,
+                    ),
+                    circuit=snap.circuit,
+                    cooldown_until=snap.cooldown_until,
+                )
+        return states
+
+    def _refresh_relays(self) -> None:
+        """Pick up operators' changes (enable, disable, reorder, forced circuits) during a long pass."""
+        with Session(self.engine) as session:
+            for relay in session.scalars(select(Relay)):
+                state = self.relays.get(relay.id)
+                if state is None:
+                    continue  # added mid-pass: the next pass uses it
+                fresh = snapshot(relay, self.settings.secret_key)
+                changed_elsewhere = (
+                    fresh.circuit_changed_at is not None
+                    and fresh.circuit_changed_at != state.snap.circuit_changed_at
+                    and not state.dirty
+                )
+                state.snap = replace(
+                    fresh, circuit_changed_at=fresh.circuit_changed_at
+                )
+                if changed_elsewhere:
+                    state.circuit = fresh.circuit
+
+    def _record(self, outcomes: list[queue.Outcome]) -> None:
+        with self.engine.begin() as conn:
+            queue.finish(conn, self.owner, outcomes)
+            self._save_relays(conn)
+        for outcome in outcomes:
+            for attempt in outcome.attempts:
+                log.info(
+                    "attempt",
+                    extra={
+                        "mid": attempt["message_id"],
+                        "relay": attempt["relay_name"],
+                        "outcome": attempt["outcome"],
+                        "code": attempt["code"],
+                        "enhanced": attempt["enhanced_status"],
+                        "duration_ms": attempt["duration_ms"],
+                    },
+                )
+            log.info(
+                "message " + outcome.status,
+                extra={"mid": outcome.message, "status": outcome.status,
+                       "reason": outcome.last_error},
+            )
+
+    def _save_relays(self, conn: Any = None) -> None:
+        """Write changed circuits, transitions and last results of relays."""
+        dirty = [s for s in getattr(self, "relays", {}).values() if s.dirty]
+        if not dirty:
+            return
+        if conn is None:
+            with self.engine.begin() as own:
+                self._save_relays(own)
+            return
+        now = utcnow()
+        for state in dirty:
+            values: dict[str, Any] = {
+                "circuit_state": state.circuit.state.value,
+                "circuit_failures": state.circuit.failures,
+                "circuit_successes": state.circuit.successes,
+                "circuit_open_until": state.circuit.open_until,
+                "circuit_reason": state.circuit.reason,
+                "cooldown_until": state.cooldown_until,
+            }
+            if state.transitions:
+                values["circuit_changed_at"] = now
+            for key in ("last_error", "last_error_at", "last_success_at", "last_duration_ms"):
+                if getattr(state, key) is not None:
+                    values[key] = getattr(state, key)
+            conn.execute(update(Relay).where(Relay.id == state.id).values(**values))
+            if state.transitions:
+                conn.execute(
+                    Event.__table__.insert(),
+                    [
+                        {
+                            "at": at,
+                            "type": "circuit_" + t.after.value,
+                            "relay_id": state.id,
+                            "detail": t.reason,
+                            "data": {"relay": state.name, "from": t.before.value,
+                                     "to": t.after.value, "reason": t.reason},
+                        }
+                        for at, t in state.transitions
+                    ],
+                )
+                state.snap = replace(state.snap, circuit_changed_at=now)
+            state.transitions.clear()
+            state.dirty = False
+
+    # -- one message ----------------------------------------------------------------
+
+    def _route(self, message: queue.Claimed) -> list[RelayState]:
+        choices = [
+            RelayChoice(s.id, s.name, s.snap.priority, s.snap.weight, s.snap.enabled)
+            for s in self.relays.values()
+        ]
+        return [self.relays[c.id] for c in failover_order(choices)]
+
+    async def _deliver(self, message: queue.Claimed) -> queue.Outcome:
+        """Try the message's recipients through the relays in order, failing over within the pass."""
+        attempts: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        to_try = list(message.recipients)
+        delivered: list[str] = []
+        rejected: dict[str, str] = {}
+        deferred: dict[str, str] = {}
+        skipped: list[str] = []
+        previous: RelayState | None = None
+        reason = ""
+        sent_via: RelayState | None = None
+        for state in self._route(message):
+            if not to_try:
+                break
+            now = utcnow()
+            why_not = state.unavailable(now)
+            if why_not:
+                skipped.append(f"{state.name}: {why_not}")
+                continue
+            if previous is not None:
+                events.append(self._failover_event(message, previous, state, reason))
+            verdicts = await self._try_relay(state, message, to_try, attempts)
+            to_try = []
+            for recipient, verdict in verdicts.items():
+                if verdict.action == Action.DELIVERED:
+                    delivered.append(recipient)
+                    sent_via = state
+                elif verdict.action == Action.REJECT:
+                    rejected[recipient] = verdict.reason
+                elif verdict.fails_over:
+                    to_try.append(recipient)
+                    reason = verdict.reason
+                else:  # RETRY, UNKNOWN: wait and try again later
+                    deferred[recipient] = verdict.reason
+            previous = state
+        for recipient in to_try:
+            deferred[recipient] = reason or "no relay available"
+        if not deferred and not delivered and not rejected:
+            why = "; ".join(skipped) if skipped else "no relay is configured"
+            deferred = {r: f"no relay available ({why})" for r in message.recipients}
+        for recipient, why in rejected.items():
+            events.append(self._event(message, "recipient_failed", f"{recipient}: {why}",
+                                      {"recipient": recipient, "reason": why}))
+        outcome = self._conclude(message, delivered, rejected, deferred, sent_via, attempts, events)
+        for event in events:
+            if event["type"] == "failover":
+                event["data"]["outcome"] = outcome.status
+        return outcome
+
+    def _conclude(
+        self,
+        message: queue.Claimed,
+        delivered: list[str],
+        rejected: dict[str, str],
+        deferred: dict[str, str],
+        sent_via: RelayState | None,
+        attempts: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+    ) -> queue.Outcome:
+        """Turn per-recipient results into the message's new status."""
+        now = utcnow()
+        if deferred:
+            return self._deferred_outcome(message, next(iter(deferred.values())), attempts,
+                                          events, pending=list(deferred), partial=delivered)
+        if delivered:
+            detail = f"delivered to {len(delivered)} recipient(s) via {sent_via.name if sent_via else '?'}"
+            if rejected:
+                detail += f"; {len(rejected)} recipient(s) failed permanently"
+            events.append(self._event(message, "sent", detail, None, sent_via))
+            return queue.Outcome(
+                message=message.id, status=SENT, sent_at=now, attempts=attempts, events=events,
+                relay_id=sent_via.id if sent_via else None,
+                last_error=None if not rejected else next(iter(rejected.values())),
+            )
+        error = next(iter(rejected.values()))
+        events.append(self._event(message, "failed", error))
+        return queue.Outcome(message=message.id, status=FAILED, last_error=error,
+                             attempts=attempts, events=events)
+
+    def _deferred_outcome(
+        self,
+        message: queue.Claimed,
+        reason: str,
+        attempts: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+        *,
+        pending: list[str] | None = None,
+        partial: list[str] | None = None,
+    ) -> queue.Outcome:
+        """Defer with backoff, or fail a message that has been trying for too long."""
+        now = utcnow()
+        # Keep the recipients still owed only when some are done; None means all of them.
+        pending_list = pending if pending and len(pending) < len(message.recipients) else None
+        age = (now - message.created_at).total_seconds()
+        if age >= self.settings.max_age_seconds:
+            error = (
+                f"gave up after {message.attempt_count} attempt(s) over {age / 3600:.1f} h "
+                f"(maximum age {self.settings.max_age_seconds / 3600:.1f} h); last error: {reason}"
+            )
+            events.append(self._event(message, "failed", error))
+            return queue.Outcome(message=message.id, status=FAILED, last_error=error,
+                                 attempts=attempts, events=events, pending_recipients=pending_list)
+        delay = self.retry.delay(message.attempt_count, self.rng)
+        retry_at = now + timedelta(seconds=delay)
+        detail = f"retry at {retry_at:%Y-%m-%d %H:%M:%S} UTC (in {delay:.0f} s): {reason}"
+        if partial:
+            detail = f"delivered to {len(partial)}, {len(pending or [])} left; " + detail
+        events.append(self._event(message, "deferred", detail, {"retry_at": retry_at.isoformat(),
+                                                                  "reason": reason}))
+        return queue.Outcome(message=message.id, status=DEFERRED, next_attempt_at=retry_at,
+                             last_error=reason, attempts=attempts, events=events,
+                             pending_recipients=pending_list)
+
+    async def _try_relay(
+        self,
+        state: RelayState,
+        message: queue.Claimed,
+        recipients: list[str],
+        attempts: list[dict[str, Any]],
+    ) -> dict[str, Verdict]:
+        """Send through one relay; return a verdict per recipient and update the circuit."""
+        started = time.perf_counter()
+        now = utcnow()
+        state.change(*breaker.tick(state.circuit, now), now)
+        trial = state.circuit.state != CircuitState.CLOSED
+        if trial:
+            state.trial_in_flight = True
+        try:
+            try:
+                session = await state.pool.acquire()
+            except RelayUnavailable as exc:
+                verdict = Verdict(Action.FAILOVER, Scope.SERVER, exc.reason)
+                return dict.fromkeys(recipients, verdict)
+            except TransportError as exc:
+                verdict = self._verdict_for(exc)
+                self._note_attempt(state, message, recipients, attempts, started, verdict,
+                                   stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
+                return dict.fromkeys(recipients, verdict)
+            try:
+                await state.pace()
+                async with asyncio.timeout(self.timeouts.deadline):
+                    result = await session.send(message.envelope_from, recipients, message.data)
+            except TransportError as exc:
+                verdict = self._verdict_for(exc)
+                self._note_attempt(state, message, recipients, attempts, started, verdict,
+                                   stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
+                return dict.fromkeys(recipients, verdict)
+            except TimeoutError:
+                session.broken = True
+                verdict = classify_connection_error(
+                    "timeout", f"no answer within the attempt deadline of {self.timeouts.deadline:g} s"
+                )
+                self._note_attempt(state, message, recipients, attempts, started, verdict,
+                                   stage="send", code=None, text=verdict.reason)
+                return dict.fromkeys(recipients, verdict)
+            finally:
+                await state.pool.release(session)
+            return self._judge(state, message, recipients, result, attempts, started)
+        finally:
+            if trial:
+                state.trial_in_flight = False
+
+    @staticmethod
+    def _verdict_for(exc: TransportError) -> Verdict:
+        if exc.kind in ("reply", "auth") and exc.code:
+            return classify_reply(exc.code, exc.text, stage=exc.stage)
+        return classify_connection_error(exc.kind, exc.detail)
+
+    def _judge(
+        self,
+        state: RelayState,
+        message: queue.Claimed,
+        recipients: list[str],
+        result: SendResult,
+        attempts: list[dict[str, Any]],
+        started: float,
+    ) -> dict[str, Verdict]:
+        overall = classify_reply(result.code, result.text, stage=result.stage)
+        verdicts: dict[str, Verdict] = {}
+        for recipient in recipients:
+            if recipient in result.refused:
+                code, text = result.refused[recipient]
+                verdicts[recipient] = classify_reply(code, text, stage="rcpt")
+            else:
+                verdicts[recipient] = overall
+        self._note_attempt(state, message, recipients, attempts, started, overall,
+                           stage=result.stage, code=result.code, text=result.text,
+                           refused=result.refused, verdicts=verdicts)
+        return verdicts
+
+    def _note_attempt(
+        self,
+        state: RelayState,
+        message: queue.Claimed,
+        recipients: list[str],
+        attempts: list[dict[str, Any]],
+        started: float,
+        verdict: Verdict,
+        *,
+        stage: str,
+        code: int | None,
+        text: str,
+        refused: dict[str, tuple[int, str]] | None = None,
+        verdicts: dict[str, Verdict] | None = None,
+    ) -> None:
+        """Record an attempt and feed its result to the relay's circuit."""
+        now = utcnow()
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        actions = {v.action for v in (verdicts or {}).values()} or {verdict.action}
+        if Action.DELIVERED in actions:
+            outcome = "sent" if len(actions) == 1 else "partial"
+        elif verdict.fails_over:
+            outcome = "failover"
+        elif verdict.action == Action.REJECT:
+            outcome = "rejected"
+        elif verdict.action == Action.UNKNOWN:
+            outcome = "unknown"
+        else:
+            outcome = "deferred"
+        attempts.append({
+            "message_id": message.id,
+            "relay_id": state.id,
+            "relay_name": state.name,
+            "at": now,
+            "outcome": outcome,
+            "stage": stage,
+            "code": code,
+            "enhanced_status": enhanced_status(text or ""),
+            "response": (text or "")[:1000],
+            "recipients": (
+                {r: f"{c} {t}" for r, (c, t) in refused.items()} if refused else None
+            ),
+            "duration_ms": duration,
+        })
+        state.last_duration_ms = duration
+        policy = state.snap.policy
+        if Action.DELIVERED in actions:
+            state.last_success_at = now
+            state.dirty = True
+            state.change(*breaker.record_success(policy, state.circuit, now), now)
+        elif verdict.breaker_failure:
+            state.last_error, state.last_error_at = verdict.reason, now
+            force = verdict.action == Action.AUTH_FAILED
+            state.change(*breaker.record_failure(policy, state.circuit, now, verdict.reason,
+                                                 force_open=force), now)
+            state.dirty = True
+        elif verdict.action == Action.THROTTLED:
+            state.last_error, state.last_error_at = verdict.reason, now
+            state.cooldown_until = now + timedelta(seconds=THROTTLE_COOLDOWN_SECONDS)
+            state.dirty = True
+
+    def _failover_event(
+        self, message: queue.Claimed, source: RelayState, target: RelayState, reason: str
+    ) -> dict[str, Any]:
+        return self._event(
+            message, "failover", f"{source.name} → {target.name}: {reason}",
+            {"from": source.name, "to": target.name, "reason": reason}, source,
+        )
+
+    @staticmethod
+    def _event(
+        message: queue.Claimed,
+        kind: str,
+        detail: str,
+        data: dict[str, Any] | None = None,
+        relay: RelayState | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "at": utcnow(),
+            "type": kind,
+            "message_id": message.id,
+            "relay_id": relay.id if relay else None,
+            "detail": detail,
+            "data": data,
+        }

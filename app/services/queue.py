@@ -1,0 +1,306 @@
+"""The durable queue: enqueue, claim with a lease, finish, reap expired leases."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app import logs
+from app.domain.mime import BuiltMessage
+from app.extensions import db
+from app.models import (
+    DEFERRED,
+    QUEUED,
+    SENDING,
+    Attempt,
+    Event,
+    Message,
+    utcnow,
+)
+
+log = logs.get("queue")
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The answer to an enqueue: the message row, and whether it was a replay."""
+
+    id: int
+    message_id: str
+    status: str
+    replayed: bool = False
+
+
+def body_hash(body: bytes) -> str:
+    """Return the digest that ties an Idempotency-Key to one request body."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def enqueue(
+    built: BuiltMessage,
+    *,
+    priority: int = 1,
+    tags: list[str] | None = None,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
+    idempotency_hash: str | None = None,
+) -> Enqueued:
+    """Store a message durably and make it due now; replay or refuse a reused Idempotency-Key."""
+    if idempotency_key is not None:
+        existing = _find_idempotent(api_key_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, idempotency_hash)
+    now = utcnow()
+    values = {
+        "message_id": built.message_id,
+        "envelope_from": built.envelope_from,
+        "recipients": built.recipients,
+        "data": built.data,
+        "size": len(built.data),
+        "subject": built.subject,
+        "from_header": built.from_header,
+        "to_header": built.to_header,
+        "priority": priority,
+        "tags": tags or [],
+        "status": QUEUED,
+        "attempt_count": 0,
+        "next_attempt_at": now,
+        "api_key_id": api_key_id,
+        "idempotency_key": idempotency_key,
+        "idempotency_hash": idempotency_hash,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        with db.engine.begin() as conn:
+            new_id = conn.execute(insert(Message).values(values).returning(Message.id)).scalar_one()
+            conn.execute(
+                insert(Event).values(
+                    at=now,
+                    type="queued",
+                    message_id=new_id,
+                    detail=f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
+                )
+            )
+    except IntegrityError:
+        # Two requests raced with one Idempotency-Key: the first one stored wins.
+        existing = _find_idempotent(api_key_id, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, idempotency_hash)
+    log.info(
+        "message queued",
+        extra={"mid": new_id, "message_id": built.message_id, "status": QUEUED,
+               "recipients": len(built.recipients), "bytes": len(built.data)},
+    )
+    return Enqueued(new_id, built.message_id, QUEUED)
+
+
+def _find_idempotent(api_key_id: int | None, key: str) -> Any:
+    with db.engine.connect() as conn:
+        return conn.execute(
+            select(Message.id, Message.message_id, Message.status, Message.idempotency_hash).where(
+                Message.api_key_id == api_key_id, Message.idempotency_key == key
+            )
+        ).first()
+
+
+def _replay(row: Any, digest: str | None) -> Enqueued:
+    if row.idempotency_hash != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return Enqueued(row.id, row.message_id, row.status, replayed=True)
+
+
+@dataclass
+class Claimed:
+    """A message claimed for delivery by one worker, under a lease."""
+
+    id: int
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+    data: bytes
+    priority: int
+    attempt_count: int
+    created_at: datetime
+
+
+_CLAIM_COLUMNS = (
+    Message.id,
+    Message.message_id,
+    Message.envelope_from,
+    Message.recipients,
+    Message.pending_recipients,
+    Message.data,
+    Message.priority,
+    Message.attempt_count,
+    Message.created_at,
+)
+
+
+def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    """Claim up to `limit` due messages, highest priority first, in one atomic statement.
+
+    On SQLite the UPDATE ... RETURNING runs under the database's single write lock;
+    on PostgreSQL the inner SELECT skips rows another worker has locked.
+    """
+    now = utcnow()
+    due = (
+        select(Message.id)
+        .where(Message.next_attempt_at <= now, Message.status.in_((QUEUED, DEFERRED)))
+        .order_by(Message.priority, Message.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Message)
+        .where(Message.id.in_(due.scalar_subquery()))
+        .values(
+            status=SENDING,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            next_attempt_at=None,
+            attempt_count=Message.attempt_count + 1,
+            updated_at=now,
+        )
+        .returning(*_CLAIM_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    rows = conn.execute(stmt).all()
+    claimed = [
+        Claimed(
+            id=row.id,
+            message_id=row.message_id,
+            envelope_from=row.envelope_from,
+            recipients=list(row.pending_recipients or row.recipients),
+            data=row.data,
+            priority=row.priority,
+            attempt_count=row.attempt_count,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
+    claimed.sort(key=lambda m: (m.priority, m.id))
+    return claimed
+
+
+@dataclass
+class Outcome:
+    """How one claimed message ended this pass, with what to record."""
+
+    message: int
+    status: str
+    next_attempt_at: datetime | None = None
+    pending_recipients: list[str] | None = None
+    last_error: str | None = None
+    relay_id: int | None = None
+    sent_at: datetime | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+_FINISH = (
+    update(Message)
+    .where(
+        Message.id == bindparam("b_id"),
+        Message.lease_owner == bindparam("b_owner"),
+        Message.status == SENDING,
+    )
+    .values(
+        status=bindparam("b_status"),
+        next_attempt_at=bindparam("b_next"),
+        pending_recipients=bindparam("b_pending"),
+        last_error=bindparam("b_error"),
+        relay_id=bindparam("b_relay"),
+        sent_at=bindparam("b_sent"),
+        updated_at=bindparam("b_now"),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
+    """Record outcomes (attempts, events, new statuses) in one transaction; return rows updated.
+
+    A message whose lease was lost (reaped and claimed elsewhere) keeps its new owner's
+    state: its attempts and events are still recorded, so the history stays whole.
+    """
+    if not outcomes:
+        return 0
+    now = utcnow()
+    attempts = [a for o in outcomes for a in o.attempts]
+    events = [e for o in outcomes for e in o.events]
+    if attempts:
+        conn.execute(insert(Attempt), attempts)
+    if events:
+        conn.execute(insert(Event), events)
+    params = [
+        {
+            "b_id": o.message,
+            "b_owner": owner,
+            "b_status": o.status,
+            "b_next": o.next_attempt_at,
+            "b_pending": o.pending_recipients,
+            "b_error": o.last_error,
+            "b_relay": o.relay_id,
+            "b_sent": o.sent_at,
+            "b_now": now,
+        }
+        for o in outcomes
+    ]
+    result = conn.execute(_FINISH, params)
+    updated = result.rowcount
+    if updated != len(outcomes):
+        log.warning(
+            "lease lost before finish",
+            extra={"expected": len(outcomes), "updated": updated, "owner": owner},
+        )
+    return updated
+
+
+def reap_expired_leases(conn: Connection) -> list[int]:
+    """Return messages whose lease expired to the queue, with an event each."""
+    now = utcnow()
+    rows = conn.execute(
+        update(Message)
+        .where(Message.status == SENDING, Message.lease_expires_at < now)
+        .values(
+            status=QUEUED,
+            next_attempt_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    ids = [row.id for row in rows]
+    if ids:
+        conn.execute(
+            insert(Event),
+            [
+                {
+                    "at": now,
+                    "type": "lease_expired",
+                    "message_id": mid,
+                    "detail": "the worker's lease expired; returned to the queue",
+                }
+                for mid in ids
+            ],
+        )
+        for mid in ids:
+            log.warning("lease expired", extra={"mid": mid, "status": QUEUED})
+    return ids
