@@ -17,22 +17,19 @@ __all__ = ["create_app"]
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Give SQLite WAL, a busy timeout and foreign keys; let SQLAlchemy's begin hook start transactions."""
+    """Give SQLite WAL, a busy timeout and foreign keys.
+
+    pysqlite opens a transaction only before a write, so readers never hold a lock and
+    every write transaction here starts with its write: none can fail half-way with
+    SQLITE_BUSY_SNAPSHOT, and writers queue on the busy timeout instead.
+    """
     if isinstance(dbapi_connection, sqlite3.Connection):
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-
-
-@event.listens_for(Engine, "begin")
-def _sqlite_begin_immediate(conn: Any) -> None:
-    """Take SQLite's write lock at BEGIN: a deferred transaction that later writes can fail at once with 'database is locked'."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

@@ -93,16 +93,16 @@ _PROPER_FIELD = {
 
 def _error(message: str, sub: str | None = None) -> PydanticCustomError:
     """A validation error; ``sub`` is appended to the error location by errors_to_fields."""
-    return PydanticCustomError("relayboard", message, {"sub": sub} if sub else None)
+    return PydanticCustomError("relayboard", message, {"sub": sub} if sub is not None else None)
 
 
 def _header_safe(value: str, sub: str | None = None) -> str:
     """Refuse text that would break out of a header line (CRLF injection)."""
     m = _CTL.search(value)
     if m:
-        ch = m.group()
-        if ch in "\r\n":
+        if "\r" in value or "\n" in value:
             raise _error("contains a line break (CR/LF header injection)", sub)
+        ch = m.group()
         if ch == "\x00":
             raise _error("contains a NUL character", sub)
         raise _error(f"contains a control character (U+{ord(ch):04X})", sub)
@@ -428,7 +428,7 @@ def errors_to_fields(exc: pydantic.ValidationError) -> dict[str, str]:
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
         ctx = err.get("ctx") or {}
-        if ctx.get("sub"):
+        if ctx.get("sub") is not None:
             loc.append(str(ctx["sub"]))
         path = ".".join(loc) or "body"
         etype = err["type"]

@@ -221,7 +221,7 @@ class DeliveryEngine:
                 if results:
                     chunk = results[:]
                     del results[: len(chunk)]
-                    await on_db(self._record, chunk)
+                    await on_db(self._record, chunk, self._relay_changes())
                     for outcome in chunk:
                         report.add(outcome)
                     if progress:
@@ -238,7 +238,8 @@ class DeliveryEngine:
                 while len(tasks) >= 2 * batch:
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 want = batch if max_messages is None else min(batch, max_messages - report.claimed)
-                claimed = await on_db(self._claim, want)
+                claimed, fresh = await on_db(self._claim, want)
+                self._adopt(fresh)
                 if not claimed:
                     if not tasks and not results:
                         break
@@ -259,7 +260,7 @@ class DeliveryEngine:
             flush_wanted.set()
             await flush_task
             await asyncio.gather(*(state.pool.close() for state in self.relays.values()))
-            await on_db(self._save_relays)
+            await on_db(self._save_relays, self._relay_changes())
             executor.shutdown(wait=True)
         report.seconds = time.perf_counter() - started
         return report
@@ -270,11 +271,15 @@ class DeliveryEngine:
         with self.engine.begin() as conn:
             queue.reap_expired_leases(conn)
 
-    def _claim(self, limit: int) -> list[queue.Claimed]:
+    def _claim(self, limit: int) -> tuple[list[queue.Claimed], dict[int, RelaySnapshot]]:
         with self.engine.begin() as conn:
             claimed = queue.claim(conn, self.owner, limit, self.settings.lease_seconds)
-        self._refresh_relays()
-        return claimed
+        with Session(self.engine) as session:
+            fresh = {
+                relay.id: snapshot(relay, self.settings.secret_key)
+                for relay in session.scalars(select(Relay))
+            }
+        return claimed, fresh
 
     def _load_relays(self) -> dict[int, RelayState]:
         states: dict[int, RelayState] = {}
@@ -295,29 +300,63 @@ class DeliveryEngine:
                 )
         return states
 
-    def _refresh_relays(self) -> None:
-        """Pick up operators' changes (enable, disable, reorder, forced circuits) during a long pass."""
-        with Session(self.engine) as session:
-            for relay in session.scalars(select(Relay)):
-                state = self.relays.get(relay.id)
-                if state is None:
-                    continue  # added mid-pass: the next pass uses it
-                fresh = snapshot(relay, self.settings.secret_key)
-                changed_elsewhere = (
-                    fresh.circuit_changed_at is not None
-                    and fresh.circuit_changed_at != state.snap.circuit_changed_at
-                    and not state.dirty
-                )
-                state.snap = replace(
-                    fresh, circuit_changed_at=fresh.circuit_changed_at
-                )
-                if changed_elsewhere:
-                    state.circuit = fresh.circuit
+    def _adopt(self, fresh: dict[int, RelaySnapshot]) -> None:
+        """Pick up operators' changes (enable, disable, reorder, forced circuits) mid-pass."""
+        for relay_id, snap in fresh.items():
+            state = self.relays.get(relay_id)
+            if state is None:
+                continue  # added mid-pass: the next pass uses it
+            changed_elsewhere = snap.circuit_changed_at != state.snap.circuit_changed_at
+            state.snap = snap
+            if changed_elsewhere and not state.dirty:
+                state.circuit = snap.circuit
+            state.cooldown_until = snap.cooldown_until if not state.dirty else state.cooldown_until
 
-    def _record(self, outcomes: list[queue.Outcome]) -> None:
+    def _relay_changes(self) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+        """Take the relays' unsaved changes (on the loop's thread) for the DB thread to write."""
+        changes = []
+        now = utcnow()
+        for state in getattr(self, "relays", {}).values():
+            if not state.dirty:
+                continue
+            values: dict[str, Any] = {
+                "circuit_state": state.circuit.state.value,
+                "circuit_failures": state.circuit.failures,
+                "circuit_successes": state.circuit.successes,
+                "circuit_open_until": state.circuit.open_until,
+                "circuit_reason": state.circuit.reason,
+                "cooldown_until": state.cooldown_until,
+            }
+            for key in ("last_error", "last_error_at", "last_success_at", "last_duration_ms"):
+                if getattr(state, key) is not None:
+                    values[key] = getattr(state, key)
+            transitions = [
+                {
+                    "at": at,
+                    "type": "circuit_" + t.after.value,
+                    "relay_id": state.id,
+                    "detail": t.reason,
+                    "data": {"relay": state.name, "from": t.before.value,
+                             "to": t.after.value, "reason": t.reason},
+                }
+                for at, t in state.transitions
+            ]
+            if transitions:
+                values["circuit_changed_at"] = now
+                state.snap = replace(state.snap, circuit_changed_at=now)
+            state.transitions.clear()
+            state.dirty = False
+            changes.append((state.id, values, transitions))
+        return changes
+
+    def _record(
+        self,
+        outcomes: list[queue.Outcome],
+        changes: list[tuple[int, dict[str, Any], list[dict[str, Any]]]],
+    ) -> None:
         with self.engine.begin() as conn:
             queue.finish(conn, self.owner, outcomes)
-            self._save_relays(conn)
+            self._save_relays(changes, conn)
         for outcome in outcomes:
             for attempt in outcome.attempts:
                 log.info(
@@ -337,49 +376,22 @@ class DeliveryEngine:
                        "reason": outcome.last_error},
             )
 
-    def _save_relays(self, conn: Any = None) -> None:
-        """Write changed circuits, transitions and last results of relays."""
-        dirty = [s for s in getattr(self, "relays", {}).values() if s.dirty]
-        if not dirty:
+    def _save_relays(
+        self,
+        changes: list[tuple[int, dict[str, Any], list[dict[str, Any]]]],
+        conn: Any = None,
+    ) -> None:
+        """Write changed circuits, their transitions and the relays' last results."""
+        if not changes:
             return
         if conn is None:
             with self.engine.begin() as own:
-                self._save_relays(own)
+                self._save_relays(changes, own)
             return
-        now = utcnow()
-        for state in dirty:
-            values: dict[str, Any] = {
-                "circuit_state": state.circuit.state.value,
-                "circuit_failures": state.circuit.failures,
-                "circuit_successes": state.circuit.successes,
-                "circuit_open_until": state.circuit.open_until,
-                "circuit_reason": state.circuit.reason,
-                "cooldown_until": state.cooldown_until,
-            }
-            if state.transitions:
-                values["circuit_changed_at"] = now
-            for key in ("last_error", "last_error_at", "last_success_at", "last_duration_ms"):
-                if getattr(state, key) is not None:
-                    values[key] = getattr(state, key)
-            conn.execute(update(Relay).where(Relay.id == state.id).values(**values))
-            if state.transitions:
-                conn.execute(
-                    Event.__table__.insert(),
-                    [
-                        {
-                            "at": at,
-                            "type": "circuit_" + t.after.value,
-                            "relay_id": state.id,
-                            "detail": t.reason,
-                            "data": {"relay": state.name, "from": t.before.value,
-                                     "to": t.after.value, "reason": t.reason},
-                        }
-                        for at, t in state.transitions
-                    ],
-                )
-                state.snap = replace(state.snap, circuit_changed_at=now)
-            state.transitions.clear()
-            state.dirty = False
+        for relay_id, values, transitions in changes:
+            conn.execute(update(Relay).where(Relay.id == relay_id).values(**values))
+            if transitions:
+                conn.execute(Event.__table__.insert(), transitions)
 
     # -- one message ----------------------------------------------------------------
 
@@ -520,7 +532,7 @@ class DeliveryEngine:
             state.trial_in_flight = True
         try:
             try:
-                session = await state.pool.acquire()
+                session = await state.pool.acquire(admit=lambda: self._admit(state))
             except RelayUnavailable as exc:
                 verdict = Verdict(Action.FAILOVER, Scope.SERVER, exc.reason)
                 return dict.fromkeys(recipients, verdict)
@@ -529,29 +541,48 @@ class DeliveryEngine:
                 self._note_attempt(state, message, recipients, attempts, started, verdict,
                                    stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
                 return dict.fromkeys(recipients, verdict)
+            healthy: bool | None = None
             try:
                 await state.pace()
                 async with asyncio.timeout(self.timeouts.deadline):
                     result = await session.send(message.envelope_from, recipients, message.data)
             except TransportError as exc:
                 verdict = self._verdict_for(exc)
+                healthy = False if verdict.breaker_failure else None
                 self._note_attempt(state, message, recipients, attempts, started, verdict,
                                    stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
                 return dict.fromkeys(recipients, verdict)
             except TimeoutError:
                 session.broken = True
+                healthy = False
                 verdict = classify_connection_error(
-                    "timeout", f"no answer within the attempt deadline of {self.timeouts.deadline:g} s"
+                    "timeout",
+                    f"no answer within the attempt deadline of {self.timeouts.deadline:g} s",
                 )
                 self._note_attempt(state, message, recipients, attempts, started, verdict,
                                    stage="send", code=None, text=verdict.reason)
                 return dict.fromkeys(recipients, verdict)
+            else:
+                verdicts = self._judge(state, message, recipients, result, attempts, started)
+                actions = {v.action for v in verdicts.values()}
+                if Action.DELIVERED in actions:
+                    healthy = True
+                elif any(v.breaker_failure or v.action == Action.THROTTLED
+                         for v in verdicts.values()):
+                    healthy = False
+                return verdicts
             finally:
-                await state.pool.release(session)
-            return self._judge(state, message, recipients, result, attempts, started)
+                await state.pool.release(session, healthy=healthy)
         finally:
             if trial:
                 state.trial_in_flight = False
+
+    @staticmethod
+    def _admit(state: RelayState) -> str | None:
+        """Refuse a waiting message if the relay's circuit opened meanwhile."""
+        if breaker.allows(state.circuit, utcnow()):
+            return None
+        return f"circuit opened: {state.circuit.reason}"
 
     @staticmethod
     def _verdict_for(exc: TransportError) -> Verdict:

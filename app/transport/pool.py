@@ -22,10 +22,12 @@ class RelayUnavailable(Exception):
 class RelayPool:
     """Hand out sessions to one relay, up to `size` at once, reusing them across messages.
 
-    Until a session has opened in this pass, only one connect runs at a time: a relay
-    that accepts connections but never greets then holds one message for the connect
-    timeout, not every message. Others wait at most `patience` seconds for it before
-    trying the next relay. After a failed connect the relay is down for the pass.
+    Slow start: until a message has gone through in this pass, and again after a
+    server-level failure, one message at a time uses the relay. So a relay that
+    answers 421 meets one message per breaker step, not a whole batch at once, and a
+    relay that accepts connections but never greets holds one message for the
+    connect timeout. Others wait at most `patience` seconds for that first attempt,
+    then try the next relay. After a failed connect the relay is down for the pass.
     """
 
     def __init__(
@@ -37,78 +39,79 @@ class RelayPool:
         self.patience = patience
         self._opener = opener
         self._idle: list[RelaySession] = []
-        self._live = 0  # sessions open or opening
-        self._opening = 0
+        self._in_use = 0
         self._proven = False
         self._stalled_since: float | None = None
         self.down: str | None = None
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def acquire(self) -> RelaySession:
-        """Return a ready session; raise TransportError if this caller's connect failed."""
+    async def acquire(self, admit: Callable[[], str | None] | None = None) -> RelaySession:
+        """Return a ready session; raise TransportError if this caller's connect failed.
+
+        `admit` is asked again once a slot is free (the circuit may have opened while
+        this caller waited); a reason it returns is raised as RelayUnavailable.
+        """
         async with self._changed:
             waited_since = time.monotonic()
             while True:
                 if self.down:
                     raise RelayUnavailable(self.down)
-                if self._idle:
-                    return self._idle.pop()
-                if self._live < self.size and (self._proven or self._opening == 0):
-                    self._live += 1
-                    self._opening += 1
+                if self._in_use < (self.size if self._proven else 1):
+                    refusal = admit() if admit else None
+                    if refusal:
+                        raise RelayUnavailable(refusal)
+                    self._in_use += 1
+                    if self._idle:
+                        return self._idle.pop()
                     break
                 if self._proven:
                     await self._changed.wait()
                     continue
                 if self._stalled_since is not None:
                     pending = time.monotonic() - self._stalled_since
-                    raise RelayUnavailable(f"not answering (connection pending for {pending:.1f} s)")
+                    raise RelayUnavailable(
+                        f"not answering: its first attempt has been pending for {pending:.1f} s"
+                    )
                 remaining = self.patience - (time.monotonic() - waited_since)
                 try:
                     await asyncio.wait_for(self._changed.wait(), max(remaining, 0))
                 except TimeoutError:
                     self._stalled_since = waited_since
-                    # wait_for re-acquires the condition's lock before raising.
         try:
-            session = await self._opener(self.endpoint, self.timeouts)
+            return await self._opener(self.endpoint, self.timeouts)
         except TransportError as exc:
             async with self._changed:
-                self._live -= 1
-                self._opening -= 1
+                self._in_use -= 1
                 self.down = f"{exc.kind.replace('_', ' ')} at {exc.stage}: {exc.detail}"
                 self._changed.notify_all()
             raise
         except BaseException:
             async with self._changed:
-                self._live -= 1
-                self._opening -= 1
+                self._in_use -= 1
                 self._changed.notify_all()
             raise
-        async with self._changed:
-            self._opening -= 1
-            self._proven = True
-            self._stalled_since = None
-            self.down = None
-            self._changed.notify_all()
-        return session
 
-    async def release(self, session: RelaySession) -> None:
-        """Take a session back: keep it for the next message, or recycle it when spent or broken."""
+    async def release(self, session: RelaySession, *, healthy: bool | None = None) -> None:
+        """Take a session back; `healthy` says whether the relay delivered (True) or failed (False)."""
         spent = session.sent >= self.endpoint.max_per_connection
         async with self._changed:
+            self._in_use -= 1
+            self._stalled_since = None
+            if healthy is True:
+                self._proven = True
+            elif healthy is False:
+                self._proven = False
             if session.broken or spent or self.down:
-                self._live -= 1
                 task = asyncio.ensure_future(session.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             else:
                 self._idle.append(session)
-            self._changed.notify()
+            self._changed.notify_all()
 
     async def close(self) -> None:
         """Close every idle session and wait for closes in progress."""
         async with self._changed:
             idle, self._idle = self._idle, []
-            self._live -= len(idle)
         await asyncio.gather(*(s.close() for s in idle), *self._closing, return_exceptions=True)

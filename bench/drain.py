@@ -1,0 +1,230 @@
+"""Drain throughput: Relayboard's DeliveryEngine.drain() against a bare aiosmtplib loop.
+
+Both send the same kind of prebuilt ~2 KB messages to one aiosmtpd sink on 127.0.0.1,
+which runs in a separate process. The baseline is 8 asyncio tasks, each with one
+reused aiosmtplib connection; Relayboard drains a temp SQLite queue over one relay
+with 8 sessions. Enqueueing is not timed. Each repetition runs both, back to back,
+and checks that the sink received exactly the expected distinct Message-IDs.
+
+    .venv/bin/python bench/drain.py [--messages 5000] [--runs 5] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    ServerProcess,
+    build,
+    cpu_busy,
+    drain_bounded,
+    make_app,
+    median,
+    tempdir,
+    verdict,
+    write_result,
+)
+
+CONNECTIONS = 8
+TARGET_RATIO = 0.70
+RUN_DEADLINE = 180.0  # seconds: no single timed loop runs longer than this
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+async def _baseline(host: str, port: int, messages: list[Any], deadline: float) -> int:
+    import aiosmtplib
+
+    items = iter(messages)
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, timeout=30, start_tls=False)
+        await smtp.connect()
+        try:
+            for built in items:  # the shared iterator bounds the count
+                if time.monotonic() > deadline:
+                    break
+                await smtp.sendmail(built.envelope_from, built.recipients, built.data)
+                sent += 1
+        finally:
+            await smtp.quit()
+
+    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    return sent
+
+
+def run_baseline(sink: ServerProcess, count: int) -> dict[str, Any]:
+    """Send `count` prebuilt messages over 8 reused connections; return msg/s."""
+    messages = [build(i) for i in range(count)]
+    expected = {m.message_id for m in messages}
+    sink.reset()
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    sent = asyncio.run(_baseline(sink.host, sink.port, messages, time.monotonic() + RUN_DEADLINE))
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    check = _check_sink(sink, expected)
+    return {"sent": sent, "seconds": seconds, "rate": sent / seconds,
+            "cpu_us_per_msg": cpu / max(sent, 1) * 1e6, **check}
+
+
+# --------------------------------------------------------------------------- relayboard
+
+
+def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> dict[str, Any]:
+    """Enqueue `count` messages (untimed), then time one DeliveryEngine.drain()."""
+    from app import settings_of
+    from app.extensions import db
+    from app.services import queue, relays
+    from app.services.delivery import DeliveryEngine
+
+    with tempdir("drain") as tmp:
+        app = make_app(Path(tmp))
+        with app.app_context():
+            relays.create(name="sink", host=sink.host, port=sink.port, security="none",
+                          max_per_connection=100_000)
+            expected = {queue.enqueue(build(i)).message_id for i in range(count)}
+            engine = DeliveryEngine(db.engine, settings_of(app))
+            sink.reset()
+            profiler = cProfile.Profile() if profile else None
+            cpu0 = time.process_time()
+            started = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            report = drain_bounded(engine, RUN_DEADLINE)
+            if profiler:
+                profiler.disable()
+            seconds = time.perf_counter() - started
+            cpu = time.process_time() - cpu0
+            db.session.remove()
+            db.engine.dispose()
+    check = _check_sink(sink, expected)
+    result = {"sent": report.sent, "claimed": report.claimed, "deferred": report.deferred,
+              "failed": report.failed, "seconds": seconds, "rate": report.sent / seconds,
+              "cpu_us_per_msg": cpu / max(report.sent, 1) * 1e6, **check}
+    if profiler:
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+        result["profile"] = out.getvalue()
+    return result
+
+
+def _check_sink(sink: ServerProcess, expected: set[str]) -> dict[str, Any]:
+    ids = sink.message_ids()
+    stats = sink.stats()
+    return {
+        "sink_received": len(ids),
+        "sink_distinct": len(set(ids)),
+        "sink_connections": stats["connections"],
+        "exact": len(ids) == len(expected) and set(ids) == expected,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile one extra Relayboard drain and print the hot spots")
+    parser.add_argument("--json", help="where to write the result (default bench/out/drain.json)")
+    args = parser.parse_args(argv)
+    count = max(1, min(args.messages, 100_000))
+    runs = max(1, min(args.runs, 20))
+
+    baseline: list[dict[str, Any]] = []
+    relayboard: list[dict[str, Any]] = []
+    busy_before: list[float] = []
+    with ServerProcess("smtp") as sink:
+        run_baseline(sink, min(count, 500))  # warm up both paths (imports, sockets)
+        run_relayboard(sink, min(count, 200))
+        for i in range(runs):
+            busy_before.append(cpu_busy(0.5))
+            baseline.append(run_baseline(sink, count))
+            relayboard.append(run_relayboard(sink, count))
+            print(f"run {i + 1}/{runs}: baseline {baseline[-1]['rate']:.0f} msg/s, "
+                  f"relayboard {relayboard[-1]['rate']:.0f} msg/s "
+                  f"(exact: {baseline[-1]['exact']}/{relayboard[-1]['exact']})", flush=True)
+        profile = run_relayboard(sink, count, profile=True)["profile"] if args.profile else None
+        sink_cpu = sink.cpu_seconds()
+
+    base_rate = median(r["rate"] for r in baseline)
+    rb_rate = median(r["rate"] for r in relayboard)
+    ratios = [r["rate"] / b["rate"] for r, b in zip(relayboard, baseline, strict=True)]
+    result = {
+        "messages": count,
+        "runs": runs,
+        "connections": CONNECTIONS,
+        "baseline_rate": base_rate,
+        "relayboard_rate": rb_rate,
+        "ratio": rb_rate / base_rate,
+        "ratio_of_runs_median": median(ratios),
+        "target_ratio": TARGET_RATIO,
+        "pass": rb_rate / base_rate >= TARGET_RATIO,
+        "baseline_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in baseline),
+        "relayboard_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in relayboard),
+        "all_exact": all(r["exact"] for r in baseline + relayboard),
+        "sink_cpu_seconds_total": sink_cpu,
+        "cpu_busy_before_runs": busy_before,
+        "baseline_runs": baseline,
+        "relayboard_runs": relayboard,
+    }
+    path = write_result("drain", result, args.json)
+    print(render(result))
+    if profile:
+        print(profile)
+        Path(path).with_suffix(".profile.txt").write_text(profile)
+    return result
+
+
+def render(r: dict[str, Any]) -> str:
+    """Return the Markdown section for docs/benchmarks.md."""
+    return "\n".join([
+        "## Drain throughput (`bench/drain.py`)",
+        "",
+        f"{r['messages']} messages of ~2 KB (text + html) to one aiosmtpd sink on 127.0.0.1 "
+        f"in a separate process; {r['connections']} reused connections on both sides; "
+        f"median of {r['runs']} runs, each running the baseline and then Relayboard. "
+        "Baseline: 8 asyncio tasks, each one `aiosmtplib.SMTP` connection calling `sendmail` "
+        "with prebuilt messages. Relayboard: temp SQLite queue filled with `queue.enqueue` "
+        "(not timed), one relay (security none, max_per_connection 100000), "
+        "`RELAYBOARD_SESSIONS_PER_RELAY=8`, timing `DeliveryEngine(db.engine, settings).drain()`. "
+        "Client CPU is the measured process's CPU time per message (the sink's is not included).",
+        "",
+        "| | msg/s (median) | client CPU µs/msg | sink got exactly the expected Message-IDs |",
+        "| --- | ---: | ---: | --- |",
+        f"| bare aiosmtplib, 8 connections | {r['baseline_rate']:.0f} | "
+        f"{r['baseline_cpu_us_per_msg']:.0f} | "
+        f"{'yes' if all(x['exact'] for x in r['baseline_runs']) else 'NO'} |",
+        f"| Relayboard drain | {r['relayboard_rate']:.0f} | "
+        f"{r['relayboard_cpu_us_per_msg']:.0f} | "
+        f"{'yes' if all(x['exact'] for x in r['relayboard_runs']) else 'NO'} |",
+        "",
+        "| metric | result | target | |",
+        "| --- | ---: | ---: | --- |",
+        f"| Relayboard / baseline | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
+        f"{verdict(r['pass'])} |",
+        "",
+        "Per run (msg/s, baseline → Relayboard): "
+        + ", ".join(f"{b['rate']:.0f} → {x['rate']:.0f}"
+                    for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True))
+        + ".",
+    ])
+
+
+if __name__ == "__main__":
+    main()
