@@ -42,18 +42,21 @@ def servers() -> None:
 @click.option("--name", required=True)
 @click.option("--host", required=True)
 @click.option("--port", required=True, type=click.IntRange(1, 65535))
-@click.option("--security", type=click.Choice(SECURITY_MODES), default="starttls",
-              show_default=True)
+@click.option(
+    "--security", type=click.Choice(SECURITY_MODES), default="starttls", show_default=True
+)
 @click.option("--username")
 @click.option("--password", help="Stored encrypted; prefer --password-stdin in scripts.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--priority", type=int, help="Lower goes first; default: after the last relay.")
 @click.option("--weight", type=click.IntRange(0), default=1, show_default=True)
-@click.option("--provider", type=click.Choice(relays.PROVIDERS), default="generic",
-              show_default=True)
+@click.option(
+    "--provider", type=click.Choice(relays.PROVIDERS), default="generic", show_default=True
+)
 @click.option("--max-per-connection", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--max-rate", type=click.FloatRange(min=0, min_open=True),
-              help="Messages per second at most.")
+@click.option(
+    "--max-rate", type=click.FloatRange(min=0, min_open=True), help="Messages per second at most."
+)
 @click.option("--no-tls-verify", is_flag=True, help="Do not verify the relay's certificate.")
 @click.option("--disabled", is_flag=True)
 @with_appcontext
@@ -82,7 +85,8 @@ def _relay_row(relay: Any) -> dict[str, Any]:
         "enabled": relay.enabled,
         "circuit": relay.circuit_state,
         "circuit_open_until": relay.circuit_open_until.isoformat() + "Z"
-        if relay.circuit_open_until else None,
+        if relay.circuit_open_until
+        else None,
         "last_error": relay.last_error,
     }
 
@@ -149,8 +153,9 @@ def servers_test(name: str) -> None:
     relay = _named(name)
     settings = settings_of(current_app)
     endpoint = relays.endpoint(relay, settings.secret_key)
-    timeouts = Timeouts(settings.connect_timeout, settings.command_timeout,
-                        settings.attempt_deadline)
+    timeouts = Timeouts(
+        settings.connect_timeout, settings.command_timeout, settings.attempt_deadline
+    )
     result = asyncio.run(probe(endpoint, timeouts, ca_file=settings.ca_file))
     for step in result.steps:
         mark = "ok  " if step.ok else "FAIL"
@@ -192,8 +197,10 @@ def api_keys_list() -> None:
     for row in rows:
         state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
         used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
-        click.echo(f"{row.name:<24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}  "
-                   f"last used {used}  {state}")
+        click.echo(
+            f"{row.name:<24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}  "
+            f"last used {used}  {state}"
+        )
 
 
 @api_keys_group.command("revoke")
@@ -237,15 +244,22 @@ def worker() -> None:
 def drain(quiet: bool) -> None:
     """Deliver everything due now in the foreground, with a progress bar; exit when none is left."""
     settings = settings_of(current_app)
-    due = db.session.scalar(
-        select(func.count()).select_from(Message).where(
-            Message.status.in_((QUEUED, DEFERRED)), Message.next_attempt_at <= utcnow()
+    due = (
+        db.session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.status.in_((QUEUED, DEFERRED)), Message.next_attempt_at <= utcnow())
         )
-    ) or 0
+        or 0
+    )
     db.session.close()
     engine = DeliveryEngine(db.engine, settings)
-    with click.progressbar(length=max(due, 1), label="delivering", file=None if not quiet
-                           else open("/dev/null", "w"), show_pos=True) as bar:  # noqa: SIM115
+    with click.progressbar(
+        length=max(due, 1),
+        label="delivering",
+        file=None if not quiet else open("/dev/null", "w"),
+        show_pos=True,
+    ) as bar:  # noqa: SIM115
         done = 0
 
         def progress(report: Any) -> None:

@@ -113,7 +113,9 @@ class Settings:
         """Read and check every setting; raise SettingsError on the first bad one."""
         env = dict(os.environ if env is None else env)
         instance = Path(env.get("RELAYBOARD_INSTANCE_PATH") or DEFAULT_INSTANCE)
-        database_url = env.get("RELAYBOARD_DATABASE_URL") or f"sqlite:///{instance / 'relayboard.db'}"
+        database_url = (
+            env.get("RELAYBOARD_DATABASE_URL") or f"sqlite:///{instance / 'relayboard.db'}"
+        )
         if "://" not in database_url:
             raise SettingsError(
                 f"RELAYBOARD_DATABASE_URL={database_url!r} is not a database URL "

@@ -38,9 +38,14 @@ class DrainJob:
         if report.claimed:
             log.info(
                 "drain pass",
-                extra={"claimed": report.claimed, "sent": report.sent,
-                       "deferred": report.deferred, "failed": report.failed,
-                       "failovers": report.failovers, "seconds": round(report.seconds, 3)},
+                extra={
+                    "claimed": report.claimed,
+                    "sent": report.sent,
+                    "deferred": report.deferred,
+                    "failed": report.failed,
+                    "failovers": report.failovers,
+                    "seconds": round(report.seconds, 3),
+                },
             )
 
 

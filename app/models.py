@@ -46,7 +46,7 @@ QUEUED, SENDING, DEFERRED, HELD, SENT, FAILED, LOGGED, CANCELLED = (
 STATUSES = (QUEUED, SENDING, DEFERRED, HELD, SENT, FAILED, LOGGED, CANCELLED)
 
 
-class Relay(db.Model):  # type: ignore[name-defined,misc]
+class Relay(db.Model):  # type: ignore[name-defined]
     """An SMTP relay (smarthost) mail can be delivered through."""
 
     __tablename__ = "relays"
@@ -86,7 +86,7 @@ class Relay(db.Model):  # type: ignore[name-defined,misc]
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
-class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+class ApiKey(db.Model):  # type: ignore[name-defined]
     """A key an application sends mail with; only its SHA-256 is stored."""
 
     __tablename__ = "api_keys"
@@ -100,7 +100,7 @@ class ApiKey(db.Model):  # type: ignore[name-defined,misc]
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
-class Message(db.Model):  # type: ignore[name-defined,misc]
+class Message(db.Model):  # type: ignore[name-defined]
     """One outbound message, stored durably from enqueue until it ends."""
 
     __tablename__ = "messages"
@@ -153,7 +153,7 @@ class Message(db.Model):  # type: ignore[name-defined,misc]
     relay: Mapped[Relay | None] = relationship()
 
 
-class Attempt(db.Model):  # type: ignore[name-defined,misc]
+class Attempt(db.Model):  # type: ignore[name-defined]
     """One try of one message through one relay."""
 
     __tablename__ = "attempts"
@@ -173,7 +173,7 @@ class Attempt(db.Model):  # type: ignore[name-defined,misc]
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-class Event(db.Model):  # type: ignore[name-defined,misc]
+class Event(db.Model):  # type: ignore[name-defined]
     """A transition: of a message, a failover, or a circuit."""
 
     __tablename__ = "events"
@@ -191,7 +191,7 @@ class Event(db.Model):  # type: ignore[name-defined,misc]
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class JobLease(db.Model):  # type: ignore[name-defined,misc]
+class JobLease(db.Model):  # type: ignore[name-defined]
     """A lease row a singleton job takes so that one instance runs it."""
 
     __tablename__ = "job_leases"

@@ -29,7 +29,7 @@ def _worker_exit(_server: Any, worker: Any) -> None:
         stop()
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         super().__init__()

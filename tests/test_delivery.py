@@ -32,7 +32,9 @@ def events(pk: int | None = None, kind: str | None = None) -> list[Event]:
 
 
 def attempts(pk: int) -> list[Attempt]:
-    return list(db.session.scalars(select(Attempt).where(Attempt.message_id == pk).order_by(Attempt.id)))
+    return list(
+        db.session.scalars(select(Attempt).where(Attempt.message_id == pk).order_by(Attempt.id))
+    )
 
 
 def relay(name: str) -> Relay:
@@ -43,7 +45,9 @@ def relay(name: str) -> Relay:
 
 
 def make_due(pk: int | None = None) -> None:
-    stmt = update(Message).where(Message.next_attempt_at.is_not(None)).values(next_attempt_at=utcnow())
+    stmt = (
+        update(Message).where(Message.next_attempt_at.is_not(None)).values(next_attempt_at=utcnow())
+    )
     if pk is not None:
         stmt = stmt.where(Message.id == pk)
     db.session.execute(stmt)
@@ -81,7 +85,10 @@ def test_it_fails_over_when_primary_refuses(
     assert failover.data["from"] == "primary" and failover.data["to"] == "backup"
     assert "refused" in failover.data["reason"] and failover.data["outcome"] == "sent"
     tries = attempts(queued["id"])
-    assert [(a.relay_name, a.outcome) for a in tries] == [("primary", "failover"), ("backup", "sent")]
+    assert [(a.relay_name, a.outcome) for a in tries] == [
+        ("primary", "failover"),
+        ("backup", "sent"),
+    ]
     assert message(queued["id"]).relay_id == relay("backup").id
     assert relay("primary").circuit_failures == 1
 
@@ -110,8 +117,11 @@ def test_the_breaker_opens_skips_half_opens_and_closes(
     assert primary.connections == 3
     # After the timeout: a trial (half-open) that succeeds closes the circuit.
     primary.reset()
-    db.session.execute(update(Relay).where(Relay.name == "primary")
-                       .values(circuit_open_until=utcnow() - timedelta(seconds=1)))
+    db.session.execute(
+        update(Relay)
+        .where(Relay.name == "primary")
+        .values(circuit_open_until=utcnow() - timedelta(seconds=1))
+    )
     db.session.commit()
     trial = send()["id"]
     engine.drain()
@@ -127,15 +137,20 @@ def test_a_failed_trial_reopens_the_circuit(
 ) -> None:
     add_relay("primary", refusing_server, priority=1)
     add_relay("backup", smtp_server, priority=2)
-    db.session.execute(update(Relay).where(Relay.name == "primary").values(
-        circuit_state="open", circuit_open_until=utcnow() - timedelta(seconds=1)))
+    db.session.execute(
+        update(Relay)
+        .where(Relay.name == "primary")
+        .values(circuit_state="open", circuit_open_until=utcnow() - timedelta(seconds=1))
+    )
     db.session.commit()
     send()
     engine.drain()
     row = relay("primary")
     assert row.circuit_state == "open" and row.circuit_open_until > utcnow()
     assert [e.type for e in events(kind=None) if e.type.startswith("circuit")] == [
-        "circuit_half_open", "circuit_open"]
+        "circuit_half_open",
+        "circuit_open",
+    ]
 
 
 def test_unknown_mailbox_fails_that_recipient_without_failover(
@@ -198,8 +213,11 @@ def test_451_is_retried_with_backoff_and_the_same_message_id(
 
 
 def test_every_relay_down_defers_then_delivers_when_one_returns(
-    refusing_server: Any, smtp_server_factory: Any, add_relay: Any, send: Any,
-    engine: DeliveryEngine
+    refusing_server: Any,
+    smtp_server_factory: Any,
+    add_relay: Any,
+    send: Any,
+    engine: DeliveryEngine,
 ) -> None:
     add_relay("primary", refusing_server, priority=1)
     add_relay("backup", refusing_server, priority=2)
@@ -381,17 +399,16 @@ def test_implicit_tls_delivers(
     server.wait_for(1)
 
 
-def test_high_priority_goes_first(
-    smtp_server: Any, add_relay: Any, send: Any, app: Any
-) -> None:
+def test_high_priority_goes_first(smtp_server: Any, add_relay: Any, send: Any, app: Any) -> None:
     add_relay("primary", smtp_server)
     low = send(priority="low")["id"]
     high = send(priority="high")["id"]
     normal = send()["id"]
     from dataclasses import replace
 
-    engine = DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], batch_size=1,
-                                               sessions_per_relay=1))
+    engine = DeliveryEngine(
+        db.engine, replace(app.config["RELAYBOARD"], batch_size=1, sessions_per_relay=1)
+    )
     engine.drain()
     order = [r.message_id for r in smtp_server.wait_for(3)]
     assert order == [message(pk).message_id for pk in (high, normal, low)]

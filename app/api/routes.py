@@ -37,8 +37,7 @@ def authenticate() -> Any:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        return api_error(401, "unauthorized",
-                         "send your API key as 'Authorization: Bearer KEY'")
+        return api_error(401, "unauthorized", "send your API key as 'Authorization: Bearer KEY'")
     key_id = api_keys.authenticate(key.strip())
     if key_id is None:
         return api_error(401, "unauthorized", "the API key is not valid or has been revoked")
@@ -56,43 +55,62 @@ def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
 @bp.errorhandler(HTTPException)
 def http_error(exc: HTTPException) -> tuple[Response, int]:
     """Answer HTTP errors under /api in JSON."""
-    return api_error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                     exc.description or "")
+    return api_error(
+        exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or ""
+    )
 
 
 @bp.post("/send")
 def send() -> Any:
     """Validate a message, store it durably and queue it; answer 202 with its id."""
     if not request.mimetype or request.mimetype != "application/json":
-        return api_error(415, "unsupported_media_type",
-                         "send the message as JSON with 'Content-Type: application/json'")
+        return api_error(
+            415,
+            "unsupported_media_type",
+            "send the message as JSON with 'Content-Type: application/json'",
+        )
     settings = settings_of(current_app)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None:
         idempotency_key = idempotency_key.strip()
-        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
-            return api_error(400, "invalid_idempotency_key",
-                             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+        if (
+            not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            or not idempotency_key.isprintable()
+        ):
+            return api_error(
+                400,
+                "invalid_idempotency_key",
+                f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            )
     body = request.get_data(cache=False)
     try:
         payload = SendRequest.model_validate_json(body)
     except pydantic.ValidationError as exc:
         fields = errors_to_fields(exc)
         if any(e["type"] == "json_invalid" for e in exc.errors()):
-            return api_error(400, "malformed_json", "the body is not valid JSON: "
-                             + "; ".join(fields.values()), fields)
+            return api_error(
+                400,
+                "malformed_json",
+                "the body is not valid JSON: " + "; ".join(fields.values()),
+                fields,
+            )
         return api_error(400, "invalid", "the message is not valid: see fields", fields)
     try:
         if payload.raw is not None:
             envelope_from, recipients = payload.raw_envelope()
-            built = mime.parse_raw(payload.raw, envelope_from=envelope_from,
-                                   recipients=recipients,
-                                   message_id_domain=settings.message_id_domain,
-                                   max_bytes=settings.max_message_bytes)
+            built = mime.parse_raw(
+                payload.raw,
+                envelope_from=envelope_from,
+                recipients=recipients,
+                message_id_domain=settings.message_id_domain,
+                max_bytes=settings.max_message_bytes,
+            )
         else:
-            built = mime.build_message(payload.to_message_spec(),
-                                       message_id_domain=settings.message_id_domain,
-                                       max_bytes=settings.max_message_bytes)
+            built = mime.build_message(
+                payload.to_message_spec(),
+                message_id_domain=settings.message_id_domain,
+                max_bytes=settings.max_message_bytes,
+            )
     except mime.MessageTooLarge as exc:
         return api_error(413, "too_large", str(exc))
     except mime.InvalidMessage as exc:
@@ -147,14 +165,15 @@ def message(message_pk: int) -> Any:
     row = db.session.get(Message, message_pk)
     if row is None:
         return api_error(404, "not_found", f"no message with id {message_pk}")
-    relay_name = db.session.scalar(select(Relay.name).where(Relay.id == row.relay_id)) \
-        if row.relay_id else None
+    relay_name = (
+        db.session.scalar(select(Relay.name).where(Relay.id == row.relay_id))
+        if row.relay_id
+        else None
+    )
     attempts = db.session.scalars(
         select(Attempt).where(Attempt.message_id == row.id).order_by(Attempt.id)
     )
-    events = db.session.scalars(
-        select(Event).where(Event.message_id == row.id).order_by(Event.id)
-    )
+    events = db.session.scalars(select(Event).where(Event.message_id == row.id).order_by(Event.id))
     body = _summary(row, relay_name)
     body["attempts"] = [
         {
@@ -183,16 +202,21 @@ def messages() -> Any:
     """List messages, newest first: ?status=…&limit=…&before=<id>."""
     status = request.args.get("status")
     if status is not None and status not in STATUSES:
-        return api_error(400, "invalid", f"status must be one of {', '.join(STATUSES)}",
-                         {"status": f"unknown status {status!r}"})
+        return api_error(
+            400,
+            "invalid",
+            f"status must be one of {', '.join(STATUSES)}",
+            {"status": f"unknown status {status!r}"},
+        )
     try:
         limit = int(request.args.get("limit", 50))
         before = int(request.args["before"]) if "before" in request.args else None
     except ValueError:
         return api_error(400, "invalid", "limit and before must be whole numbers")
     if not 1 <= limit <= MAX_PAGE:
-        return api_error(400, "invalid", f"limit must be between 1 and {MAX_PAGE}",
-                         {"limit": "out of range"})
+        return api_error(
+            400, "invalid", f"limit must be between 1 and {MAX_PAGE}", {"limit": "out of range"}
+        )
     query = select(Message).order_by(Message.id.desc()).limit(limit)
     if status:
         query = query.where(Message.status == status)

@@ -8,10 +8,12 @@ with a URL regex.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from email import policy as _policy
-from email.message import Message
+from email.message import MIMEPart
 from email.parser import BytesParser
 from html.parser import HTMLParser
+from typing import cast
 
 __all__ = ["extract_links"]
 
@@ -77,14 +79,16 @@ class _LinkParser(HTMLParser):
             self.links.extend(_text_urls(data))
 
 
-def _part_text(part: Message) -> str:
+def _part_text(part: MIMEPart) -> str:
     try:
         content = part.get_content()
         if isinstance(content, str):
             return content
     except (LookupError, ValueError, AssertionError):
         pass  # unknown charset or broken transfer encoding: decode leniently
-    payload = part.get_payload(decode=True) or b""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        payload = b""
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode(charset, "replace")
@@ -92,7 +96,7 @@ def _part_text(part: Message) -> str:
         return payload.decode("utf-8", "replace")
 
 
-def _walk(part: Message):
+def _walk(part: MIMEPart) -> Iterator[MIMEPart]:
     if part.is_multipart():
         for sub in part.iter_parts():
             yield from _walk(sub)
@@ -102,7 +106,7 @@ def _walk(part: Message):
 
 def extract_links(message: bytes) -> list[str]:
     """http(s) URLs found in the text/plain and text/html parts, deduplicated, first seen first."""
-    msg = _PARSER.parsebytes(message)
+    msg = cast(MIMEPart, _PARSER.parsebytes(message))  # policy.default builds EmailMessage
     links: list[str] = []
     for part in _walk(msg):
         ctype = part.get_content_type()

@@ -22,9 +22,7 @@ class ApiKeyError(ValueError):
 def create(name: str) -> tuple[ApiKey, str]:
     """Create a key; return its row and the key itself, which is never shown again."""
     if not _NAME.match(name or ""):
-        raise ApiKeyError(
-            "name must be 1-64 characters: letters, digits, and _ . @ - (not first)"
-        )
+        raise ApiKeyError("name must be 1-64 characters: letters, digits, and _ . @ - (not first)")
     if db.session.scalar(select(ApiKey.id).where(ApiKey.name == name)):
         raise ApiKeyError(f"an API key named {name!r} already exists")
     key = crypto.new_api_key()

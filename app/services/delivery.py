@@ -124,8 +124,12 @@ class RelayState:
             self.transitions.append((now, transition))
             log.warning(
                 "circuit " + transition.after.value.replace("_", "-"),
-                extra={"relay": self.name, "from": transition.before.value,
-                       "to": transition.after.value, "reason": transition.reason},
+                extra={
+                    "relay": self.name,
+                    "from": transition.before.value,
+                    "to": transition.after.value,
+                    "reason": transition.reason,
+                },
             )
 
     async def pace(self) -> None:
@@ -336,8 +340,12 @@ class DeliveryEngine:
                     "type": "circuit_" + t.after.value,
                     "relay_id": state.id,
                     "detail": t.reason,
-                    "data": {"relay": state.name, "from": t.before.value,
-                             "to": t.after.value, "reason": t.reason},
+                    "data": {
+                        "relay": state.name,
+                        "from": t.before.value,
+                        "to": t.after.value,
+                        "reason": t.reason,
+                    },
                 }
                 for at, t in state.transitions
             ]
@@ -372,8 +380,11 @@ class DeliveryEngine:
                 )
             log.info(
                 "message " + outcome.status,
-                extra={"mid": outcome.message, "status": outcome.status,
-                       "reason": outcome.last_error},
+                extra={
+                    "mid": outcome.message,
+                    "status": outcome.status,
+                    "reason": outcome.last_error,
+                },
             )
 
     def _save_relays(
@@ -444,8 +455,14 @@ class DeliveryEngine:
             why = "; ".join(skipped) if skipped else "no relay is configured"
             deferred = {r: f"no relay available ({why})" for r in message.recipients}
         for recipient, why in rejected.items():
-            events.append(self._event(message, "recipient_failed", f"{recipient}: {why}",
-                                      {"recipient": recipient, "reason": why}))
+            events.append(
+                self._event(
+                    message,
+                    "recipient_failed",
+                    f"{recipient}: {why}",
+                    {"recipient": recipient, "reason": why},
+                )
+            )
         outcome = self._conclude(message, delivered, rejected, deferred, sent_via, attempts, events)
         for event in events:
             if event["type"] == "failover":
@@ -465,22 +482,33 @@ class DeliveryEngine:
         """Turn per-recipient results into the message's new status."""
         now = utcnow()
         if deferred:
-            return self._deferred_outcome(message, next(iter(deferred.values())), attempts,
-                                          events, pending=list(deferred), partial=delivered)
+            return self._deferred_outcome(
+                message,
+                next(iter(deferred.values())),
+                attempts,
+                events,
+                pending=list(deferred),
+                partial=delivered,
+            )
         if delivered:
             detail = f"delivered to {len(delivered)} recipient(s) via {sent_via.name if sent_via else '?'}"
             if rejected:
                 detail += f"; {len(rejected)} recipient(s) failed permanently"
             events.append(self._event(message, "sent", detail, None, sent_via))
             return queue.Outcome(
-                message=message.id, status=SENT, sent_at=now, attempts=attempts, events=events,
+                message=message.id,
+                status=SENT,
+                sent_at=now,
+                attempts=attempts,
+                events=events,
                 relay_id=sent_via.id if sent_via else None,
                 last_error=None if not rejected else next(iter(rejected.values())),
             )
         error = next(iter(rejected.values()))
         events.append(self._event(message, "failed", error))
-        return queue.Outcome(message=message.id, status=FAILED, last_error=error,
-                             attempts=attempts, events=events)
+        return queue.Outcome(
+            message=message.id, status=FAILED, last_error=error, attempts=attempts, events=events
+        )
 
     def _deferred_outcome(
         self,
@@ -503,18 +531,33 @@ class DeliveryEngine:
                 f"(maximum age {self.settings.max_age_seconds / 3600:.1f} h); last error: {reason}"
             )
             events.append(self._event(message, "failed", error))
-            return queue.Outcome(message=message.id, status=FAILED, last_error=error,
-                                 attempts=attempts, events=events, pending_recipients=pending_list)
+            return queue.Outcome(
+                message=message.id,
+                status=FAILED,
+                last_error=error,
+                attempts=attempts,
+                events=events,
+                pending_recipients=pending_list,
+            )
         delay = self.retry.delay(message.attempt_count, self.rng)
         retry_at = now + timedelta(seconds=delay)
         detail = f"retry at {retry_at:%Y-%m-%d %H:%M:%S} UTC (in {delay:.0f} s): {reason}"
         if partial:
             detail = f"delivered to {len(partial)}, {len(pending or [])} left; " + detail
-        events.append(self._event(message, "deferred", detail, {"retry_at": retry_at.isoformat(),
-                                                                  "reason": reason}))
-        return queue.Outcome(message=message.id, status=DEFERRED, next_attempt_at=retry_at,
-                             last_error=reason, attempts=attempts, events=events,
-                             pending_recipients=pending_list)
+        events.append(
+            self._event(
+                message, "deferred", detail, {"retry_at": retry_at.isoformat(), "reason": reason}
+            )
+        )
+        return queue.Outcome(
+            message=message.id,
+            status=DEFERRED,
+            next_attempt_at=retry_at,
+            last_error=reason,
+            attempts=attempts,
+            events=events,
+            pending_recipients=pending_list,
+        )
 
     async def _try_relay(
         self,
@@ -538,8 +581,17 @@ class DeliveryEngine:
                 return dict.fromkeys(recipients, verdict)
             except TransportError as exc:
                 verdict = self._verdict_for(exc)
-                self._note_attempt(state, message, recipients, attempts, started, verdict,
-                                   stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
+                self._note_attempt(
+                    state,
+                    message,
+                    recipients,
+                    attempts,
+                    started,
+                    verdict,
+                    stage=exc.stage,
+                    code=exc.code,
+                    text=exc.text or exc.detail,
+                )
                 return dict.fromkeys(recipients, verdict)
             healthy: bool | None = None
             try:
@@ -549,8 +601,17 @@ class DeliveryEngine:
             except TransportError as exc:
                 verdict = self._verdict_for(exc)
                 healthy = False if verdict.breaker_failure else None
-                self._note_attempt(state, message, recipients, attempts, started, verdict,
-                                   stage=exc.stage, code=exc.code, text=exc.text or exc.detail)
+                self._note_attempt(
+                    state,
+                    message,
+                    recipients,
+                    attempts,
+                    started,
+                    verdict,
+                    stage=exc.stage,
+                    code=exc.code,
+                    text=exc.text or exc.detail,
+                )
                 return dict.fromkeys(recipients, verdict)
             except TimeoutError:
                 session.broken = True
@@ -559,16 +620,26 @@ class DeliveryEngine:
                     "timeout",
                     f"no answer within the attempt deadline of {self.timeouts.deadline:g} s",
                 )
-                self._note_attempt(state, message, recipients, attempts, started, verdict,
-                                   stage="send", code=None, text=verdict.reason)
+                self._note_attempt(
+                    state,
+                    message,
+                    recipients,
+                    attempts,
+                    started,
+                    verdict,
+                    stage="send",
+                    code=None,
+                    text=verdict.reason,
+                )
                 return dict.fromkeys(recipients, verdict)
             else:
                 verdicts = self._judge(state, message, recipients, result, attempts, started)
                 actions = {v.action for v in verdicts.values()}
                 if Action.DELIVERED in actions:
                     healthy = True
-                elif any(v.breaker_failure or v.action == Action.THROTTLED
-                         for v in verdicts.values()):
+                elif any(
+                    v.breaker_failure or v.action == Action.THROTTLED for v in verdicts.values()
+                ):
                     healthy = False
                 return verdicts
             finally:
@@ -607,9 +678,19 @@ class DeliveryEngine:
                 verdicts[recipient] = classify_reply(code, text, stage="rcpt")
             else:
                 verdicts[recipient] = overall
-        self._note_attempt(state, message, recipients, attempts, started, overall,
-                           stage=result.stage, code=result.code, text=result.text,
-                           refused=result.refused, verdicts=verdicts)
+        self._note_attempt(
+            state,
+            message,
+            recipients,
+            attempts,
+            started,
+            overall,
+            stage=result.stage,
+            code=result.code,
+            text=result.text,
+            refused=result.refused,
+            verdicts=verdicts,
+        )
         return verdicts
 
     def _note_attempt(
@@ -641,21 +722,23 @@ class DeliveryEngine:
             outcome = "unknown"
         else:
             outcome = "deferred"
-        attempts.append({
-            "message_id": message.id,
-            "relay_id": state.id,
-            "relay_name": state.name,
-            "at": now,
-            "outcome": outcome,
-            "stage": stage,
-            "code": code,
-            "enhanced_status": enhanced_status(text or ""),
-            "response": (text or "")[:1000],
-            "recipients": (
-                {r: f"{c} {t}" for r, (c, t) in refused.items()} if refused else None
-            ),
-            "duration_ms": duration,
-        })
+        attempts.append(
+            {
+                "message_id": message.id,
+                "relay_id": state.id,
+                "relay_name": state.name,
+                "at": now,
+                "outcome": outcome,
+                "stage": stage,
+                "code": code,
+                "enhanced_status": enhanced_status(text or ""),
+                "response": (text or "")[:1000],
+                "recipients": (
+                    {r: f"{c} {t}" for r, (c, t) in refused.items()} if refused else None
+                ),
+                "duration_ms": duration,
+            }
+        )
         state.last_duration_ms = duration
         policy = state.snap.policy
         if Action.DELIVERED in actions:
@@ -665,8 +748,12 @@ class DeliveryEngine:
         elif verdict.breaker_failure:
             state.last_error, state.last_error_at = verdict.reason, now
             force = verdict.action == Action.AUTH_FAILED
-            state.change(*breaker.record_failure(policy, state.circuit, now, verdict.reason,
-                                                 force_open=force), now)
+            state.change(
+                *breaker.record_failure(
+                    policy, state.circuit, now, verdict.reason, force_open=force
+                ),
+                now,
+            )
             state.dirty = True
         elif verdict.action == Action.THROTTLED:
             state.last_error, state.last_error_at = verdict.reason, now
@@ -677,8 +764,11 @@ class DeliveryEngine:
         self, message: queue.Claimed, source: RelayState, target: RelayState, reason: str
     ) -> dict[str, Any]:
         return self._event(
-            message, "failover", f"{source.name} → {target.name}: {reason}",
-            {"from": source.name, "to": target.name, "reason": reason}, source,
+            message,
+            "failover",
+            f"{source.name} → {target.name}: {reason}",
+            {"from": source.name, "to": target.name, "reason": reason},
+            source,
         )
 
     @staticmethod

@@ -99,8 +99,13 @@ def enqueue(
         return _replay(existing, idempotency_hash)
     log.info(
         "message queued",
-        extra={"mid": new_id, "message_id": built.message_id, "status": QUEUED,
-               "recipients": len(built.recipients), "bytes": len(built.data)},
+        extra={
+            "mid": new_id,
+            "message_id": built.message_id,
+            "status": QUEUED,
+            "recipients": len(built.recipients),
+            "bytes": len(built.data),
+        },
     )
     return Enqueued(new_id, built.message_id, QUEUED)
 

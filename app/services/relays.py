@@ -68,8 +68,13 @@ def validate(values: dict[str, Any]) -> None:
         raise RelayError(f"provider must be one of {', '.join(PROVIDERS)}")
     if values.get("maintenance_policy") not in (None, *MAINTENANCE_POLICIES):
         raise RelayError("maintenance policy must be hold or reroute")
-    for key, low in (("weight", 0), ("max_per_connection", 1), ("breaker_threshold", 1),
-                     ("breaker_open_seconds", 1), ("breaker_success_threshold", 1)):
+    for key, low in (
+        ("weight", 0),
+        ("max_per_connection", 1),
+        ("breaker_threshold", 1),
+        ("breaker_open_seconds", 1),
+        ("breaker_success_threshold", 1),
+    ):
         if values.get(key) is not None and int(values[key]) < low:
             raise RelayError(f"{key.replace('_', ' ')} must be at least {low}")
     for key in ("username", "password"):
@@ -115,7 +120,9 @@ def remove(relay: Relay) -> None:
 
 def endpoint(relay: Relay, secret_key: str) -> Endpoint:
     """Return the transport endpoint of a relay, its password decrypted."""
-    password = crypto.decrypt(secret_key, relay.password_encrypted) if relay.password_encrypted else None
+    password = (
+        crypto.decrypt(secret_key, relay.password_encrypted) if relay.password_encrypted else None
+    )
     return Endpoint(
         id=relay.id,
         name=relay.name,

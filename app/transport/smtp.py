@@ -168,16 +168,29 @@ class RelaySession:
         try:
             async with asyncio.timeout(timeouts.connect * 3):
                 await smtp.connect()
-                steps.append(StepTiming("connect", True, _ms(mark), f"{endpoint.host}:{endpoint.port}"))
+                steps.append(
+                    StepTiming("connect", True, _ms(mark), f"{endpoint.host}:{endpoint.port}")
+                )
                 stage, mark = "ehlo", time.perf_counter()
                 smtp.timeout = timeouts.connect
                 await smtp.ehlo()
-                steps.append(StepTiming("ehlo", True, _ms(mark), smtp.last_ehlo_response.message.split("\n")[0] if smtp.last_ehlo_response else ""))
+                steps.append(
+                    StepTiming(
+                        "ehlo",
+                        True,
+                        _ms(mark),
+                        smtp.last_ehlo_response.message.split("\n")[0]
+                        if smtp.last_ehlo_response
+                        else "",
+                    )
+                )
                 if endpoint.security == "starttls":
                     stage, mark = "starttls", time.perf_counter()
                     if not smtp.supports_extension("starttls"):
                         raise TransportError(
-                            "tls", "starttls", "the server does not offer STARTTLS; refusing to send in clear"
+                            "tls",
+                            "starttls",
+                            "the server does not offer STARTTLS; refusing to send in clear",
                         )
                     await smtp.starttls(tls_context=context)
                     steps.append(StepTiming("starttls", True, _ms(mark)))
@@ -247,7 +260,9 @@ class RelaySession:
             except (SMTPServerDisconnected, SMTPTimeoutError, ConnectionError, OSError) as exc:
                 # The message may be at the relay already: an unknown outcome, not a failure.
                 self.broken = True
-                raise TransportError("lost_after_data", "data", str(exc) or "connection lost") from exc
+                raise TransportError(
+                    "lost_after_data", "data", str(exc) or "connection lost"
+                ) from exc
             self.sent += 1
             return SendResult("data", reply.code, reply.message, accepted, refused)
         except TransportError:
