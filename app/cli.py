@@ -264,7 +264,7 @@ def drain(quiet: bool) -> None:
 
         def progress(report: Any) -> None:
             nonlocal done
-            finished = report.sent + report.deferred + report.failed
+            finished = report.sent + report.deferred + report.failed + report.logged
             bar.update(finished - done)
             done = finished
 

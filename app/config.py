@@ -106,6 +106,7 @@ class Settings:
     retry_max_seconds: float
     message_id_domain: str | None
     ca_file: str | None
+    routing: str = "failover"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -151,4 +152,7 @@ class Settings:
             retry_max_seconds=_env_float(env, "RELAYBOARD_RETRY_MAX", 3600.0, minimum=0.0),
             message_id_domain=env.get("RELAYBOARD_MESSAGE_ID_DOMAIN") or None,
             ca_file=ca_file,
+            routing=_env_choice(
+                env, "RELAYBOARD_ROUTING", "failover", ("failover", "load_balance")
+            ),
         )

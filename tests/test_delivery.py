@@ -412,3 +412,52 @@ def test_high_priority_goes_first(smtp_server: Any, add_relay: Any, send: Any, a
     engine.drain()
     order = [r.message_id for r in smtp_server.wait_for(3)]
     assert order == [message(pk).message_id for pk in (high, normal, low)]
+
+
+def test_a_log_only_relay_is_the_last_resort_in_test_mode(
+    refusing_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine
+) -> None:
+    add_relay("primary", refusing_server, priority=1)
+    add_relay("test-mode", refusing_server, priority=99, provider="log")
+    queued = send()
+    report = engine.drain()
+    assert report.logged == 1
+    row = message(queued["id"])
+    assert row.status == "logged" and row.next_attempt_at is None
+    assert [e.type for e in events(row.id)] == ["queued", "failover", "logged"]
+    (failover,) = events(row.id, "failover")
+    assert failover.data is not None and failover.data["to"] == "test-mode"
+
+
+def test_load_balancing_spreads_by_weight(
+    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    heavy, light = smtp_server_factory(), smtp_server_factory()
+    add_relay("heavy", heavy, priority=1, weight=3)
+    add_relay("light", light, priority=2, weight=1)
+    for _ in range(80):
+        send()
+    from dataclasses import replace
+
+    DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], routing="load_balance")).drain()
+    assert len(heavy.received) + len(light.received) == 80
+    assert 40 <= len(heavy.received) <= 75 and len(light.received) >= 5
+
+
+def test_the_scheduler_drains_in_the_background(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    from dataclasses import replace
+
+    from app.jobs import start_background
+
+    app.config["RELAYBOARD"] = replace(app.config["RELAYBOARD"], drain_interval=0.1)
+    add_relay("primary", smtp_server)
+    scheduler, job = start_background(app)
+    try:
+        queued = send()
+        (got,) = smtp_server.wait_for(1, timeout=10)
+    finally:
+        job.stop.set()
+        scheduler.shutdown(wait=True)
+    assert got.message_id == queued["message_id"]

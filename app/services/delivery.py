@@ -36,8 +36,8 @@ from app.domain.replies import (
     enhanced_status,
 )
 from app.domain.retry import RetryPolicy
-from app.domain.routing import RelayChoice, failover_order
-from app.models import DEFERRED, FAILED, SENT, Event, Relay, utcnow
+from app.domain.routing import RelayChoice, failover_order, load_balance_order
+from app.models import DEFERRED, FAILED, LOGGED, SENT, Event, Relay, utcnow
 from app.services import queue
 from app.services.relays import RelaySnapshot, snapshot
 from app.transport.pool import RelayPool, RelayUnavailable
@@ -63,6 +63,7 @@ class PassReport:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
+    logged: int = 0
     failovers: int = 0
     seconds: float = 0.0
 
@@ -74,6 +75,8 @@ class PassReport:
             self.deferred += 1
         elif outcome.status == FAILED:
             self.failed += 1
+        elif outcome.status == LOGGED:
+            self.logged += 1
         self.failovers += sum(1 for e in outcome.events if e["type"] == "failover")
 
 
@@ -408,10 +411,15 @@ class DeliveryEngine:
 
     def _route(self, message: queue.Claimed) -> list[RelayState]:
         choices = [
-            RelayChoice(s.id, s.name, s.snap.priority, s.snap.weight, s.snap.enabled)
+            RelayChoice(s.id, s.name, s.snap.priority, s.snap.weight, s.snap.enabled,
+                        healthy=s.circuit.state == CircuitState.CLOSED)
             for s in self.relays.values()
         ]
-        return [self.relays[c.id] for c in failover_order(choices)]
+        if self.settings.routing == "load_balance":
+            ordered = load_balance_order(choices, self.rng)
+        else:
+            ordered = failover_order(choices)
+        return [self.relays[c.id] for c in ordered]
 
     async def _deliver(self, message: queue.Claimed) -> queue.Outcome:
         """Try the message's recipients through the relays in order, failing over within the pass."""
@@ -435,6 +443,8 @@ class DeliveryEngine:
                 continue
             if previous is not None:
                 events.append(self._failover_event(message, previous, state, reason))
+            if state.snap.provider == "log":
+                return self._logged(message, state, to_try, delivered, attempts, events)
             verdicts = await self._try_relay(state, message, to_try, attempts)
             to_try = []
             for recipient, verdict in verdicts.items():
@@ -468,6 +478,32 @@ class DeliveryEngine:
             if event["type"] == "failover":
                 event["data"]["outcome"] = outcome.status
         return outcome
+
+    def _logged(
+        self,
+        message: queue.Claimed,
+        state: RelayState,
+        recipients: list[str],
+        delivered: list[str],
+        attempts: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+    ) -> queue.Outcome:
+        """Log the message instead of sending it: the relay is the operator's test mode."""
+        detail = (
+            f"test mode: {len(recipients)} recipient(s) logged by {state.name}, not sent"
+            + (f" ({len(delivered)} already delivered)" if delivered else "")
+        )
+        attempts.append({
+            "message_id": message.id, "relay_id": state.id, "relay_name": state.name,
+            "at": utcnow(), "outcome": "logged", "stage": None, "code": None,
+            "enhanced_status": None, "response": detail, "recipients": None, "duration_ms": 0.0,
+        })
+        events.append(self._event(message, "logged", detail, None, state))
+        for event in events:
+            if event["type"] == "failover":
+                event["data"]["outcome"] = LOGGED
+        return queue.Outcome(message=message.id, status=LOGGED, relay_id=state.id,
+                             attempts=attempts, events=events)
 
     def _conclude(
         self,

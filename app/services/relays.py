@@ -14,7 +14,8 @@ from app.extensions import db
 from app.models import Relay
 from app.transport.smtp import SECURITY_MODES, Endpoint
 
-PROVIDERS = ("generic", "mailersend", "sendgrid", "mailgun", "ses", "postfix")
+# "log" is test mode: mail routed to it is logged, not sent (status "logged").
+PROVIDERS = ("generic", "mailersend", "sendgrid", "mailgun", "ses", "postfix", "log")
 MAINTENANCE_POLICIES = ("hold", "reroute")
 
 
