@@ -223,7 +223,7 @@ def messages() -> Any:
     if before:
         query = query.where(Message.id < before)
     rows = list(db.session.scalars(query))
-    names = dict(db.session.execute(select(Relay.id, Relay.name)).tuples().all())
+    names = {row.id: row.name for row in db.session.execute(select(Relay.id, Relay.name))}
     items = [_summary(m, names.get(m.relay_id) if m.relay_id else None) for m in rows]
     next_before = rows[-1].id if len(rows) == limit else None
     return jsonify(messages=items, next_before=next_before)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
-from app import crypto
+from app import crypto, writelock
 from app.extensions import db
 from app.models import ApiKey, utcnow
 
@@ -54,15 +54,17 @@ def authenticate(key: str) -> int | None:
         return None
     digest = crypto.hash_api_key(key)
     # The lookup is by digest: a timing difference reveals nothing about the key itself.
-    row = db.session.execute(
-        select(ApiKey.id, ApiKey.last_used_at, ApiKey.key_hash).where(
-            ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
-        )
-    ).first()
+    with db.engine.connect() as conn:
+        row = conn.execute(_LIVE_KEY, {"digest": digest}).first()
     if row is None or not crypto.same(row.key_hash, digest):
         return None
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        db.session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        db.session.commit()
+        with writelock.transaction(db.engine) as conn:
+            conn.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     return int(row.id)
+
+
+_LIVE_KEY = select(ApiKey.id, ApiKey.last_used_at, ApiKey.key_hash).where(
+    ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None)
+)

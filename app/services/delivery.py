@@ -8,6 +8,7 @@ Claims run ahead of sending so the relays never wait on the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from app import logs
+from app import logs, writelock
 from app.config import Settings
 from app.domain import breaker
 from app.domain.breaker import Circuit, CircuitState, Transition
@@ -204,26 +205,33 @@ class DeliveryEngine:
         self.relays = await on_db(self._load_relays)
         results: list[queue.Outcome] = []
         flush_wanted = asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
-        done_claiming = False
         batch = self.settings.batch_size
+        # A fixed crew of senders pulls from a bounded inbox: enough to keep every
+        # relay's sessions busy, few enough that waiting on a pool stays cheap.
+        enabled = sum(1 for s in self.relays.values() if s.snap.enabled) or 1
+        crew = max(1, min(self.settings.sessions_per_relay * enabled, 512))
+        inbox: asyncio.Queue[queue.Claimed | None] = asyncio.Queue(maxsize=batch)
+        busy = 0
+        claiming = True
 
-        async def deliver(message: queue.Claimed) -> None:
-            try:
-                outcome = await self._deliver(message)
-            except Exception as exc:  # a bug must not lose the message: defer it, loudly
-                log.exception("delivery crashed", extra={"mid": message.id})
-                outcome = self._deferred_outcome(message, f"internal error: {exc!r}", [], [])
-            results.append(outcome)
-            if len(results) >= batch:
-                flush_wanted.set()
+        async def sender() -> None:
+            nonlocal busy
+            while (message := await inbox.get()) is not None:
+                busy += 1
+                try:
+                    outcome = await self._deliver(message)
+                except Exception as exc:  # a bug must not lose the message: defer it, loudly
+                    log.exception("delivery crashed", extra={"mid": message.id})
+                    outcome = self._deferred_outcome(message, f"internal error: {exc!r}", [], [])
+                results.append(outcome)
+                busy -= 1
+                if len(results) >= batch:
+                    flush_wanted.set()
 
         async def flusher() -> None:
             while True:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(flush_wanted.wait(), FLUSH_EVERY_SECONDS)
-                except TimeoutError:
-                    pass
                 flush_wanted.clear()
                 if results:
                     chunk = results[:]
@@ -233,37 +241,31 @@ class DeliveryEngine:
                         report.add(outcome)
                     if progress:
                         progress(report)
-                elif done_claiming and not tasks:
+                elif not claiming and busy == 0 and inbox.empty():
                     return
 
+        senders = [asyncio.create_task(sender()) for _ in range(crew)]
         flush_task = asyncio.create_task(flusher())
         try:
             while not stop.is_set():
                 if max_messages is not None and report.claimed >= max_messages:
                     break
-                # Keep about two batches in flight: one sending, one ready.
-                while len(tasks) >= 2 * batch:
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 want = batch if max_messages is None else min(batch, max_messages - report.claimed)
                 claimed, fresh = await on_db(self._claim, want)
                 self._adopt(fresh)
                 if not claimed:
-                    if not tasks and not results:
+                    if busy == 0 and inbox.empty() and not results:
                         break
-                    if tasks:
-                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    else:
-                        await asyncio.sleep(FLUSH_EVERY_SECONDS)
+                    await asyncio.sleep(FLUSH_EVERY_SECONDS)
                     continue
                 report.claimed += len(claimed)
                 for message in claimed:
-                    task = asyncio.create_task(deliver(message))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
+                    await inbox.put(message)  # waits while the inbox is full
         finally:
-            done_claiming = True
+            for _ in senders:
+                await inbox.put(None)
+            await asyncio.gather(*senders, return_exceptions=True)
+            claiming = False
             flush_wanted.set()
             await flush_task
             await asyncio.gather(*(state.pool.close() for state in self.relays.values()))
@@ -275,11 +277,11 @@ class DeliveryEngine:
     # -- database steps (run on the DB thread) -------------------------------------
 
     def _reap(self) -> None:
-        with self.engine.begin() as conn:
+        with writelock.transaction(self.engine) as conn:
             queue.reap_expired_leases(conn)
 
     def _claim(self, limit: int) -> tuple[list[queue.Claimed], dict[int, RelaySnapshot]]:
-        with self.engine.begin() as conn:
+        with writelock.transaction(self.engine) as conn:
             claimed = queue.claim(conn, self.owner, limit, self.settings.lease_seconds)
         with Session(self.engine) as session:
             fresh = {
@@ -365,7 +367,7 @@ class DeliveryEngine:
         outcomes: list[queue.Outcome],
         changes: list[tuple[int, dict[str, Any], list[dict[str, Any]]]],
     ) -> None:
-        with self.engine.begin() as conn:
+        with writelock.transaction(self.engine) as conn:
             queue.finish(conn, self.owner, outcomes)
             self._save_relays(changes, conn)
         for outcome in outcomes:
@@ -399,7 +401,7 @@ class DeliveryEngine:
         if not changes:
             return
         if conn is None:
-            with self.engine.begin() as own:
+            with writelock.transaction(self.engine) as own:
                 self._save_relays(changes, own)
             return
         for relay_id, values, transitions in changes:
@@ -411,8 +413,14 @@ class DeliveryEngine:
 
     def _route(self, message: queue.Claimed) -> list[RelayState]:
         choices = [
-            RelayChoice(s.id, s.name, s.snap.priority, s.snap.weight, s.snap.enabled,
-                        healthy=s.circuit.state == CircuitState.CLOSED)
+            RelayChoice(
+                s.id,
+                s.name,
+                s.snap.priority,
+                s.snap.weight,
+                s.snap.enabled,
+                healthy=s.circuit.state == CircuitState.CLOSED,
+            )
             for s in self.relays.values()
         ]
         if self.settings.routing == "load_balance":
@@ -422,7 +430,7 @@ class DeliveryEngine:
         return [self.relays[c.id] for c in ordered]
 
     async def _deliver(self, message: queue.Claimed) -> queue.Outcome:
-        """Try the message's recipients through the relays in order, failing over within the pass."""
+        """Try the recipients through the relays in order, failing over within the pass."""
         attempts: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         to_try = list(message.recipients)
@@ -489,21 +497,31 @@ class DeliveryEngine:
         events: list[dict[str, Any]],
     ) -> queue.Outcome:
         """Log the message instead of sending it: the relay is the operator's test mode."""
-        detail = (
-            f"test mode: {len(recipients)} recipient(s) logged by {state.name}, not sent"
-            + (f" ({len(delivered)} already delivered)" if delivered else "")
+        detail = f"test mode: {len(recipients)} recipient(s) logged by {state.name}, not sent" + (
+            f" ({len(delivered)} already delivered)" if delivered else ""
         )
-        attempts.append({
-            "message_id": message.id, "relay_id": state.id, "relay_name": state.name,
-            "at": utcnow(), "outcome": "logged", "stage": None, "code": None,
-            "enhanced_status": None, "response": detail, "recipients": None, "duration_ms": 0.0,
-        })
+        attempts.append(
+            {
+                "message_id": message.id,
+                "relay_id": state.id,
+                "relay_name": state.name,
+                "at": utcnow(),
+                "outcome": "logged",
+                "stage": None,
+                "code": None,
+                "enhanced_status": None,
+                "response": detail,
+                "recipients": None,
+                "duration_ms": 0.0,
+            }
+        )
         events.append(self._event(message, "logged", detail, None, state))
         for event in events:
             if event["type"] == "failover":
                 event["data"]["outcome"] = LOGGED
-        return queue.Outcome(message=message.id, status=LOGGED, relay_id=state.id,
-                             attempts=attempts, events=events)
+        return queue.Outcome(
+            message=message.id, status=LOGGED, relay_id=state.id, attempts=attempts, events=events
+        )
 
     def _conclude(
         self,
@@ -527,7 +545,8 @@ class DeliveryEngine:
                 partial=delivered,
             )
         if delivered:
-            detail = f"delivered to {len(delivered)} recipient(s) via {sent_via.name if sent_via else '?'}"
+            via = sent_via.name if sent_via else "?"
+            detail = f"delivered to {len(delivered)} recipient(s) via {via}"
             if rejected:
                 detail += f"; {len(rejected)} recipient(s) failed permanently"
             events.append(self._event(message, "sent", detail, None, sent_via))

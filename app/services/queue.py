@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import logs
+from app import logs, writelock
 from app.domain.mime import BuiltMessage
 from app.extensions import db
 from app.models import (
@@ -24,6 +24,11 @@ from app.models import (
 )
 
 log = logs.get("queue")
+
+
+_INSERT_MESSAGE = Message.__table__.insert().returning(Message.__table__.c.id)
+_INSERT_ATTEMPT = Attempt.__table__.insert()
+_INSERT_EVENT = Event.__table__.insert()
 
 
 class IdempotencyConflict(Exception):
@@ -81,15 +86,18 @@ def enqueue(
         "updated_at": now,
     }
     try:
-        with db.engine.begin() as conn:
-            new_id = conn.execute(insert(Message).values(values).returning(Message.id)).scalar_one()
+        with writelock.writing(db.engine), db.engine.begin() as conn:
+            new_id = conn.execute(_INSERT_MESSAGE, values).scalar_one()
             conn.execute(
-                insert(Event).values(
-                    at=now,
-                    type="queued",
-                    message_id=new_id,
-                    detail=f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
-                )
+                _INSERT_EVENT,
+                {
+                    "at": now,
+                    "type": "queued",
+                    "message_id": new_id,
+                    "detail": f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
+                    "relay_id": None,
+                    "data": None,
+                },
             )
     except IntegrityError:
         # Two requests raced with one Idempotency-Key: the first one stored wins.
@@ -110,13 +118,14 @@ def enqueue(
     return Enqueued(new_id, built.message_id, QUEUED)
 
 
+_FIND_IDEMPOTENT = select(
+    Message.id, Message.message_id, Message.status, Message.idempotency_hash
+).where(Message.api_key_id == bindparam("api_key_id"), Message.idempotency_key == bindparam("key"))
+
+
 def _find_idempotent(api_key_id: int | None, key: str) -> Any:
     with db.engine.connect() as conn:
-        return conn.execute(
-            select(Message.id, Message.message_id, Message.status, Message.idempotency_hash).where(
-                Message.api_key_id == api_key_id, Message.idempotency_key == key
-            )
-        ).first()
+        return conn.execute(_FIND_IDEMPOTENT, {"api_key_id": api_key_id, "key": key}).first()
 
 
 def _replay(row: Any, digest: str | None) -> Enqueued:
@@ -215,12 +224,13 @@ class Outcome:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
+_MESSAGES = Message.__table__
 _FINISH = (
-    update(Message)
+    _MESSAGES.update()
     .where(
-        Message.id == bindparam("b_id"),
-        Message.lease_owner == bindparam("b_owner"),
-        Message.status == SENDING,
+        _MESSAGES.c.id == bindparam("b_id"),
+        _MESSAGES.c.lease_owner == bindparam("b_owner"),
+        _MESSAGES.c.status == SENDING,
     )
     .values(
         status=bindparam("b_status"),
@@ -233,7 +243,6 @@ _FINISH = (
         lease_owner=None,
         lease_expires_at=None,
     )
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -249,9 +258,9 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
     attempts = [a for o in outcomes for a in o.attempts]
     events = [e for o in outcomes for e in o.events]
     if attempts:
-        conn.execute(insert(Attempt), attempts)
+        conn.execute(_INSERT_ATTEMPT, attempts)
     if events:
-        conn.execute(insert(Event), events)
+        conn.execute(_INSERT_EVENT, events)
     params = [
         {
             "b_id": o.message,

@@ -93,7 +93,7 @@ class RelayPool:
             raise
 
     async def release(self, session: RelaySession, *, healthy: bool | None = None) -> None:
-        """Take a session back; `healthy` says whether the relay delivered (True) or failed (False)."""
+        """Take a session back; `healthy`: the relay delivered (True) or failed (False)."""
         spent = session.sent >= self.endpoint.max_per_connection
         async with self._changed:
             self._in_use -= 1
@@ -108,7 +108,11 @@ class RelayPool:
                 task.add_done_callback(self._closing.discard)
             else:
                 self._idle.append(session)
-            self._changed.notify_all()
+            # One slot came free; after a change of pace, everyone re-checks.
+            if healthy is None:
+                self._changed.notify()
+            else:
+                self._changed.notify_all()
 
     async def close(self) -> None:
         """Close every idle session and wait for closes in progress."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import socket
 import ssl
 import time
@@ -41,7 +43,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Per-operation timeouts; aiosmtplib's timeout is per socket operation, so `deadline` caps a whole attempt."""
+    """Timeouts; aiosmtplib's are per socket operation, so `deadline` caps a whole attempt."""
 
     connect: float = 10.0
     command: float = 60.0
@@ -60,7 +62,7 @@ class SendResult:
 
 
 class TransportError(Exception):
-    """A session could not be opened or kept: refused, timeout, reset, TLS, or a session-level reply."""
+    """A session could not be opened or kept: refused, timeout, reset, TLS, or a reply."""
 
     def __init__(
         self, kind: str, stage: str, detail: str, code: int | None = None, text: str = ""
@@ -73,6 +75,7 @@ class TransportError(Exception):
         self.text = text
 
 
+@functools.lru_cache(maxsize=8)
 def tls_context(verify: bool, ca_file: str | None = None) -> ssl.SSLContext:
     """Return a TLS context: verified against the system store (plus ca_file) unless told not to."""
     if not verify:
@@ -152,13 +155,13 @@ class RelaySession:
     ) -> RelaySession:
         """Connect, greet, EHLO, STARTTLS and AUTH as the relay requires; raise TransportError."""
         steps = steps if steps is not None else []
-        context = tls_context(endpoint.tls_verify, ca_file)
+        context = tls_context(endpoint.tls_verify, ca_file) if endpoint.security != "none" else None
         smtp = aiosmtplib.SMTP(
             hostname=endpoint.host,
             port=endpoint.port,
             use_tls=endpoint.security == "tls",
             start_tls=False,  # never opportunistic: a stripped STARTTLS must not downgrade us
-            tls_context=context if endpoint.security != "none" else None,
+            tls_context=context,
             timeout=timeouts.connect,
             local_hostname=helo_name or HELO_NAME,
         )
@@ -283,10 +286,8 @@ class RelaySession:
     async def close(self) -> None:
         """Say QUIT politely (briefly) and close."""
         if self.smtp.is_connected and not self.broken:
-            try:
+            with contextlib.suppress(SMTPException, ConnectionError, OSError, TimeoutError):
                 await self.smtp.quit(timeout=min(2.0, self.timeouts.connect))
-            except (SMTPException, ConnectionError, OSError, TimeoutError):
-                pass
         self.smtp.close()
 
 
