@@ -10,7 +10,7 @@ from sqlalchemy import Engine, event
 
 from app import logs
 from app.config import PROJECT_ROOT, Settings
-from app.extensions import csrf, db, migrate
+from app.extensions import csrf, db, limiter, migrate
 
 __all__ = ["create_app"]
 
@@ -55,6 +55,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
         RELAYBOARD=settings,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
+        RATELIMIT_ENABLED=True,
     )
     app.config.update(config)
     logs.configure(settings.log_format, settings.log_level)
@@ -62,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
+    limiter.init_app(app)
 
     from app.api.routes import bp as api_bp
     from app.web.health import bp as health_bp

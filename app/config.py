@@ -60,6 +60,23 @@ def _env_choice(env: dict[str, str], name: str, default: str, choices: tuple[str
     return raw
 
 
+def _env_rate(env: dict[str, str], name: str, default: str) -> str:
+    """Return a rate limit string such as '100/second;6000/minute', checked, or 'off'."""
+    raw = env.get(name) or default
+    if raw == "off":
+        return raw
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a rate limit (for example '6000 per minute' or "
+            "'100/second;6000/minute', or 'off')"
+        ) from None
+    return raw
+
+
 def _secret_key(env: dict[str, str], instance: Path) -> str:
     """Return RELAYBOARD_SECRET_KEY, or one generated once into the instance folder."""
     key = env.get("RELAYBOARD_SECRET_KEY")
@@ -107,6 +124,8 @@ class Settings:
     message_id_domain: str | None
     ca_file: str | None
     routing: str = "failover"
+    api_rate_limit: str = "6000 per minute"
+    ratelimit_storage: str = "memory://"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -152,6 +171,8 @@ class Settings:
             retry_max_seconds=_env_float(env, "RELAYBOARD_RETRY_MAX", 3600.0, minimum=0.0),
             message_id_domain=env.get("RELAYBOARD_MESSAGE_ID_DOMAIN") or None,
             ca_file=ca_file,
+            api_rate_limit=_env_rate(env, "RELAYBOARD_API_RATE_LIMIT", "6000 per minute"),
+            ratelimit_storage=env.get("RELAYBOARD_RATELIMIT_STORAGE") or "memory://",
             routing=_env_choice(
                 env, "RELAYBOARD_ROUTING", "failover", ("failover", "load_balance")
             ),

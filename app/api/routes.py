@@ -7,18 +7,41 @@ from typing import Any
 
 import pydantic
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app import settings_of
+from app import crypto, settings_of
 from app.api.schemas import SendRequest, errors_to_fields
 from app.domain import mime
 from app.domain.links import extract_links
-from app.extensions import db
+from app.extensions import db, limiter
 from app.models import PRIORITIES, PRIORITY_NAMES, STATUSES, Attempt, Event, Message, Relay
 from app.services import api_keys, queue
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _api_key_or_address() -> str:
+    """Rate-limit by API key (its digest), or by address for requests without one."""
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer " and len(header) < 200:
+        return "key:" + crypto.hash_api_key(header[7:].strip())
+    return "addr:" + (request.remote_addr or "unknown")
+
+
+def _api_limit() -> str:
+    limit = settings_of(current_app).api_rate_limit
+    return "1000000 per second" if limit == "off" else limit
+
+
+limiter.limit(_api_limit, key_func=_api_key_or_address, per_method=False)(bp)
+# Guessing keys: at most 30 refused attempts a minute from one address.
+limiter.limit(
+    "30 per minute",
+    key_func=lambda: "auth-fail:" + (request.remote_addr or "unknown"),
+    deduct_when=lambda response: response.status_code == 401,
+)(bp)
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 500
@@ -50,6 +73,12 @@ def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
     """Refuse a body over the size limit."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     return api_error(413, "too_large", f"the request body is larger than {limit} bytes")
+
+
+@bp.errorhandler(RateLimitExceeded)
+def rate_limited(exc: RateLimitExceeded) -> tuple[Response, int]:
+    """Refuse a request over its key's rate limit, saying which limit."""
+    return api_error(429, "rate_limited", f"too many requests: the limit is {exc.description}")
 
 
 @bp.errorhandler(HTTPException)

@@ -1,0 +1,37 @@
+"""Per-key rate limits on the API, and a limit on guessing keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.services import api_keys
+
+
+class TestRateLimits:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, str]:
+        return {"RELAYBOARD_API_RATE_LIMIT": "3 per minute"}
+
+    def test_each_key_is_limited_with_a_clear_429(
+        self, client: Any, auth: dict[str, str], app: Any
+    ) -> None:
+        statuses = [client.get("/api/messages", headers=auth).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        response = client.get("/api/messages", headers=auth)
+        assert response.get_json()["error"]["code"] == "rate_limited"
+        assert "3 per 1 minute" in response.get_json()["error"]["message"]
+        assert response.headers.get("Retry-After")
+        # Another key has its own budget.
+        _, other = api_keys.create("other-app")
+        ok = client.get("/api/messages", headers={"Authorization": f"Bearer {other}"})
+        assert ok.status_code == 200
+
+
+def test_guessing_keys_is_limited_per_address(client: Any) -> None:
+    codes = [
+        client.get("/api/messages", headers={"Authorization": f"Bearer rb_guess{i}"}).status_code
+        for i in range(31)
+    ]
+    assert codes[:30] == [401] * 30 and codes[30] == 429
