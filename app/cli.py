@@ -255,11 +255,8 @@ def drain(quiet: bool) -> None:
     db.session.close()
     engine = DeliveryEngine(db.engine, settings)
     with click.progressbar(
-        length=max(due, 1),
-        label="delivering",
-        file=None if not quiet else open("/dev/null", "w"),
-        show_pos=True,
-    ) as bar:  # noqa: SIM115
+        length=max(due, 1), label="delivering", show_pos=True, hidden=quiet
+    ) as bar:
         done = 0
 
         def progress(report: Any) -> None:

@@ -71,8 +71,13 @@ def authenticate() -> Any:
 @bp.errorhandler(RequestEntityTooLarge)
 def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
     """Refuse a body over the size limit."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return api_error(413, "too_large", f"the request body is larger than {limit} bytes")
+    limit = settings_of(current_app).max_message_bytes
+    return api_error(
+        413,
+        "too_large",
+        f"the request is too large: messages may be at most {limit} bytes "
+        f"(RELAYBOARD_MAX_MESSAGE_BYTES), attachments counted before base64",
+    )
 
 
 @bp.errorhandler(RateLimitExceeded)
@@ -123,7 +128,8 @@ def send() -> Any:
                 "the body is not valid JSON: " + "; ".join(fields.values()),
                 fields,
             )
-        return api_error(400, "invalid", "the message is not valid: see fields", fields)
+        first = "; ".join(f"{path}: {problem}" for path, problem in list(fields.items())[:3])
+        return api_error(400, "invalid", f"the message is not valid: {first}", fields)
     try:
         if payload.raw is not None:
             envelope_from, recipients = payload.raw_envelope()
@@ -241,7 +247,16 @@ def messages() -> Any:
         limit = int(request.args.get("limit", 50))
         before = int(request.args["before"]) if "before" in request.args else None
     except ValueError:
-        return api_error(400, "invalid", "limit and before must be whole numbers")
+        return api_error(
+            400,
+            "invalid",
+            "limit and before must be whole numbers",
+            {
+                k: "not a whole number"
+                for k in ("limit", "before")
+                if k in request.args and not request.args[k].lstrip("-").isdigit()
+            },
+        )
     if not 1 <= limit <= MAX_PAGE:
         return api_error(
             400, "invalid", f"limit must be between 1 and {MAX_PAGE}", {"limit": "out of range"}

@@ -310,16 +310,26 @@ class DeliveryEngine:
         return states
 
     def _adopt(self, fresh: dict[int, RelaySnapshot]) -> None:
-        """Pick up operators' changes (enable, disable, reorder, forced circuits) mid-pass."""
+        """Pick up operators' changes (enable, disable, reorder, forced circuits) mid-pass.
+
+        A snapshot may have been read before this pass's own latest write; a circuit is
+        adopted only when the database's change is newer than the last one this pass
+        knows, so a stale read never undoes a transition made here.
+        """
         for relay_id, snap in fresh.items():
             state = self.relays.get(relay_id)
             if state is None:
                 continue  # added mid-pass: the next pass uses it
-            changed_elsewhere = snap.circuit_changed_at != state.snap.circuit_changed_at
-            state.snap = snap
-            if changed_elsewhere and not state.dirty:
+            known = state.snap.circuit_changed_at
+            newer = snap.circuit_changed_at is not None and (
+                known is None or snap.circuit_changed_at > known
+            )
+            state.snap = replace(
+                snap, circuit_changed_at=snap.circuit_changed_at if newer else known
+            )
+            if newer and not state.dirty:
                 state.circuit = snap.circuit
-            state.cooldown_until = snap.cooldown_until if not state.dirty else state.cooldown_until
+                state.cooldown_until = snap.cooldown_until
 
     def _relay_changes(self) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
         """Take the relays' unsaved changes (on the loop's thread) for the DB thread to write."""
