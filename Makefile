@@ -7,7 +7,7 @@ DEVSTAMP := $(VENV)/.installed-dev
 BIND ?= 127.0.0.1:8000
 WORKERS ?= 2
 
-.PHONY: run test test-pg lint bench clean install
+.PHONY: run test test-pg lint bench clean install vendor screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,10 @@ bench: $(DEVSTAMP)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
+
+# Re-copy the front-end files from npm (versions pinned in package.json).
+vendor:
+	npm install --no-save --no-package-lock
+	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
+	cp node_modules/@picocss/pico/css/pico.min.css static/vendor/pico.min.css
+	cp node_modules/sortablejs/Sortable.min.js static/vendor/Sortable.min.js

@@ -145,12 +145,16 @@ class Message(db.Model):  # type: ignore[name-defined]
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    # Set for an operator's "send test email": only this relay may carry the message.
+    pinned_relay_id: Mapped[int | None] = mapped_column(
+        ForeignKey("relays.id", ondelete="SET NULL")
+    )
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    relay: Mapped[Relay | None] = relationship()
+    relay: Mapped[Relay | None] = relationship(foreign_keys=[relay_id])
 
 
 class Attempt(db.Model):  # type: ignore[name-defined]
@@ -199,3 +203,40 @@ class JobLease(db.Model):  # type: ignore[name-defined]
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class HealthCheck(db.Model):  # type: ignore[name-defined]
+    """One health probe of a relay: connect, EHLO, STARTTLS, AUTH, with timings."""
+
+    __tablename__ = "health_checks"
+    __table_args__ = (Index("ix_health_checks_relay_at", "relay_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    relay_id: Mapped[int] = mapped_column(ForeignKey("relays.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    response_ms: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    trigger: Mapped[str] = mapped_column(String(16), default="schedule")  # schedule | operator
+
+
+class Operator(db.Model):  # type: ignore[name-defined]
+    """A person who runs Relayboard from the dashboard."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    # Flask-Login's user protocol.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        """Return the session identifier of this operator."""
+        return str(self.id)

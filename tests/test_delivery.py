@@ -461,3 +461,20 @@ def test_the_scheduler_drains_in_the_background(
         job.stop.set()
         scheduler.shutdown(wait=True)
     assert got.message_id == queued["message_id"]
+
+
+def test_a_pinned_message_goes_only_through_its_relay(
+    smtp_server_factory: Any, add_relay: Any, app: Any, engine: DeliveryEngine
+) -> None:
+    from app.domain.mime import Mailbox, MessageSpec, build_message
+
+    primary, tested = smtp_server_factory(), smtp_server_factory()
+    add_relay("primary", primary, priority=1)
+    target = add_relay("tested", tested, priority=2, enabled=False)
+    spec = MessageSpec(Mailbox("ops@example.com"), [Mailbox("me@example.org")], [], [], None,
+                       "Relayboard test", "test", None, [], {}, [])
+    queued = queue.enqueue(build_message(spec, max_bytes=10_000), pinned_relay_id=target.id)
+    engine.drain()
+    (got,) = tested.wait_for(1)
+    assert got.message_id == queued.message_id and primary.received == []
+    assert message(queued.id).relay_id == target.id

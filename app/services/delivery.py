@@ -422,6 +422,9 @@ class DeliveryEngine:
     # -- one message ----------------------------------------------------------------
 
     def _route(self, message: queue.Claimed) -> list[RelayState]:
+        if message.pinned_relay_id is not None:
+            pinned = self.relays.get(message.pinned_relay_id)
+            return [pinned] if pinned else []
         choices = [
             RelayChoice(
                 s.id,
@@ -455,7 +458,7 @@ class DeliveryEngine:
             if not to_try:
                 break
             now = utcnow()
-            why_not = state.unavailable(now)
+            why_not = None if message.pinned_relay_id else state.unavailable(now)
             if why_not:
                 skipped.append(f"{state.name}: {why_not}")
                 continue

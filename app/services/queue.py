@@ -14,7 +14,6 @@ from app import logs, writelock
 from app.domain.mime import BuiltMessage
 from app.extensions import db
 from app.models import (
-    DEFERRED,
     QUEUED,
     SENDING,
     Attempt,
@@ -53,6 +52,7 @@ def body_hash(body: bytes) -> str:
 def enqueue(
     built: BuiltMessage,
     *,
+    pinned_relay_id: int | None = None,
     priority: int = 1,
     tags: list[str] | None = None,
     api_key_id: int | None = None,
@@ -82,6 +82,7 @@ def enqueue(
         "api_key_id": api_key_id,
         "idempotency_key": idempotency_key,
         "idempotency_hash": idempotency_hash,
+        "pinned_relay_id": pinned_relay_id,
         "created_at": now,
         "updated_at": now,
     }
@@ -148,9 +149,11 @@ class Claimed:
     priority: int
     attempt_count: int
     created_at: datetime
+    pinned_relay_id: int | None = None
 
 
 _CLAIM_COLUMNS = (
+    Message.pinned_relay_id,
     Message.id,
     Message.message_id,
     Message.envelope_from,
@@ -163,6 +166,18 @@ _CLAIM_COLUMNS = (
 )
 
 
+def due_query(limit: int, now: datetime | None = None) -> Any:
+    """Select the ids of due messages, highest priority first, oldest first."""
+    # next_attempt_at is set exactly while a message is queued or deferred, so this one
+    # condition selects the claimable rows, in the order of ix_messages_due.
+    return (
+        select(Message.id)
+        .where(Message.next_attempt_at <= (now or utcnow()))
+        .order_by(Message.priority, Message.next_attempt_at)
+        .limit(limit)
+    )
+
+
 def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> list[Claimed]:
     """Claim up to `limit` due messages, highest priority first, in one atomic statement.
 
@@ -170,13 +185,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
     on PostgreSQL the inner SELECT skips rows another worker has locked.
     """
     now = utcnow()
-    due = (
-        select(Message.id)
-        .where(Message.next_attempt_at <= now, Message.status.in_((QUEUED, DEFERRED)))
-        .order_by(Message.priority, Message.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    due = due_query(limit, now).with_for_update(skip_locked=True)
     stmt = (
         update(Message)
         .where(Message.id.in_(due.scalar_subquery()))
@@ -202,6 +211,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
             priority=row.priority,
             attempt_count=row.attempt_count,
             created_at=row.created_at,
+            pinned_relay_id=row.pinned_relay_id,
         )
         for row in rows
     ]
