@@ -73,6 +73,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
 
+    from app.web import register as register_web
+
+    register_web(app)
+
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.setdefault(

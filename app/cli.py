@@ -215,6 +215,35 @@ def api_keys_revoke(name: str) -> None:
     click.echo(f"revoked {name}")
 
 
+# -- operators --------------------------------------------------------------------------
+
+
+@cli.group("operators")
+def operators_group() -> None:
+    """Create dashboard operators."""
+
+
+@operators_group.command("create")
+@click.option("--email", required=True)
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Prompted for when not given.",
+)
+@with_appcontext
+def operators_create(email: str, password: str) -> None:
+    """Create an operator who can sign in to the dashboard."""
+    from app.services import operators
+
+    try:
+        operator = operators.create(email, password)
+    except operators.OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created operator {operator.email}")
+
+
 # -- running ----------------------------------------------------------------------------
 
 

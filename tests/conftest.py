@@ -145,3 +145,26 @@ def send(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[str, A
         return result
 
     return post
+
+
+OPERATOR_EMAIL = "ops@example.com"
+OPERATOR_PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def operator(app: Flask) -> Any:
+    """The operator of the fixed cast."""
+    from app.services import operators
+
+    return operators.create(OPERATOR_EMAIL, OPERATOR_PASSWORD)
+
+
+@pytest.fixture
+def browser_client(app: Flask, operator: Any) -> FlaskClient:
+    """A test client signed in as the operator (CSRF checks off: see test_web for them on)."""
+    app.config["WTF_CSRF_ENABLED"] = False
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["_user_id"] = str(operator.id)
+        session["_fresh"] = True
+    return client
