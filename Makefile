@@ -51,3 +51,7 @@ vendor:
 	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx.min.js
 	cp node_modules/@picocss/pico/css/pico.min.css static/vendor/pico.min.css
 	cp node_modules/sortablejs/Sortable.min.js static/vendor/Sortable.min.js
+
+# PNGs of the main pages for the README (needs Debian's chromium).
+screenshots: $(DEVSTAMP)
+	$(BIN)/python docs/screenshots.py
