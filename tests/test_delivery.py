@@ -478,3 +478,35 @@ def test_a_pinned_message_goes_only_through_its_relay(
     (got,) = tested.wait_for(1)
     assert got.message_id == queued.message_id and primary.received == []
     assert message(queued.id).relay_id == target.id
+
+
+def test_a_reorder_mid_pass_takes_effect_after_the_next_claim(
+    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    from dataclasses import replace
+
+    first, second = smtp_server_factory(), smtp_server_factory()
+    add_relay("first", first, priority=1)
+    add_relay("second", second, priority=2)
+    for _ in range(6):
+        send()
+    engine = DeliveryEngine(
+        db.engine, replace(app.config["RELAYBOARD"], batch_size=2, sessions_per_relay=1)
+    )
+    claim = engine._claim
+    database = db.engine
+    calls = 0
+
+    def claim_then_disable(limit: int) -> Any:
+        nonlocal calls
+        calls += 1
+        result = claim(limit)
+        if calls == 1:  # an operator moves "first" below "second" right after the first claim
+            with database.begin() as conn:
+                conn.execute(update(Relay).where(Relay.name == "first").values(priority=3))
+        return result
+
+    engine._claim = claim_then_disable  # type: ignore[method-assign]
+    engine.drain()
+    second.wait_for(4)
+    assert len(first.received) <= 2 and len(first.received) + len(second.received) == 6

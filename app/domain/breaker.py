@@ -81,6 +81,8 @@ def record_success(
     """Count a success: reset failures, and close a half-open circuit after enough of them."""
     circuit, first = tick(circuit, now)
     if circuit.state == CircuitState.CLOSED:
+        if circuit.failures == 0 and circuit.reason is None:
+            return circuit, first  # the common case: nothing to change
         return replace(circuit, failures=0, reason=None), first
     if circuit.state == CircuitState.HALF_OPEN:
         successes = circuit.successes + 1

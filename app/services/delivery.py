@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import socket
@@ -203,6 +204,7 @@ class DeliveryEngine:
 
         await on_db(self._reap)
         self.relays = await on_db(self._load_relays)
+        self._order: list[RelayState] | None = None
         results: list[queue.Outcome] = []
         flush_wanted = asyncio.Event()
         batch = self.settings.batch_size
@@ -324,6 +326,12 @@ class DeliveryEngine:
             newer = snap.circuit_changed_at is not None and (
                 known is None or snap.circuit_changed_at > known
             )
+            if (snap.priority, snap.enabled, snap.weight) != (
+                state.snap.priority,
+                state.snap.enabled,
+                state.snap.weight,
+            ):
+                self._order = None  # reordered, enabled or disabled: route afresh
             state.snap = replace(
                 snap, circuit_changed_at=snap.circuit_changed_at if newer else known
             )
@@ -380,6 +388,8 @@ class DeliveryEngine:
         with writelock.transaction(self.engine) as conn:
             queue.finish(conn, self.owner, outcomes)
             self._save_relays(changes, conn)
+        if not log.isEnabledFor(logging.INFO):
+            return
         for outcome in outcomes:
             for attempt in outcome.attempts:
                 log.info(
@@ -425,6 +435,8 @@ class DeliveryEngine:
         if message.pinned_relay_id is not None:
             pinned = self.relays.get(message.pinned_relay_id)
             return [pinned] if pinned else []
+        if self.settings.routing == "failover" and self._order is not None:
+            return self._order  # priority order changes only when relays do: computed once
         choices = [
             RelayChoice(
                 s.id,
@@ -437,10 +449,9 @@ class DeliveryEngine:
             for s in self.relays.values()
         ]
         if self.settings.routing == "load_balance":
-            ordered = load_balance_order(choices, self.rng)
-        else:
-            ordered = failover_order(choices)
-        return [self.relays[c.id] for c in ordered]
+            return [self.relays[c.id] for c in load_balance_order(choices, self.rng)]
+        self._order = [self.relays[c.id] for c in failover_order(choices)]
+        return self._order
 
     async def _deliver(self, message: queue.Claimed) -> queue.Outcome:
         """Try the recipients through the relays in order, failing over within the pass."""

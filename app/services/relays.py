@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import case, func, select
+from sqlalchemy import update as sql_update
 
-from app import crypto
-from app.domain.breaker import BreakerPolicy, Circuit, CircuitState
+from app import crypto, writelock
+from app.domain import breaker
+from app.domain.breaker import BreakerPolicy, Circuit, CircuitState, Transition
 from app.extensions import db
-from app.models import Relay
+from app.models import Attempt, Event, HealthCheck, Relay, utcnow
 from app.transport.smtp import SECURITY_MODES, Endpoint
 
 # "log" is test mode: mail routed to it is logged, not sent (status "logged").
 PROVIDERS = ("generic", "mailersend", "sendgrid", "mailgun", "ses", "postfix", "log")
 MAINTENANCE_POLICIES = ("hold", "reroute")
+# Attempt outcomes that count as delivered through the relay ("logged": the test-mode relay).
+DELIVERED_OUTCOMES = ("sent", "partial", "logged")
+# Circuit states an operator may force.
+FORCEABLE = (CircuitState.OPEN.value, CircuitState.CLOSED.value)
 
 
 class RelayError(ValueError):
-    """A relay cannot be stored as asked; the message says why."""
+    """A relay cannot be stored or changed as asked; the message says why."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field  # the form field at fault, when there is one
+
+
+@dataclass(frozen=True)
+class RelayStats:
+    """What a relay carried in a recent window: delivered and failed attempts."""
+
+    sent: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,19 +75,19 @@ def validate(values: dict[str, Any]) -> None:
     """Refuse values a relay cannot have, with a message that says which and why."""
     name = values.get("name")
     if name is not None and not (1 <= len(name) <= 64) or (name and not name.strip()):
-        raise RelayError("name must be 1 to 64 characters")
+        raise RelayError("name must be 1 to 64 characters", "name")
     host = values.get("host")
     if host is not None and (not host or len(host) > 255 or any(c.isspace() for c in host)):
-        raise RelayError(f"host {host!r} is not a host name or address")
+        raise RelayError(f"host {host!r} is not a host name or address", "host")
     port = values.get("port")
     if port is not None and not 1 <= int(port) <= 65535:
-        raise RelayError(f"port {port} is out of range (1-65535)")
+        raise RelayError(f"port {port} is out of range (1-65535)", "port")
     if values.get("security") not in (None, *SECURITY_MODES):
-        raise RelayError(f"security must be one of {', '.join(SECURITY_MODES)}")
+        raise RelayError(f"security must be one of {', '.join(SECURITY_MODES)}", "security")
     if values.get("provider") not in (None, *PROVIDERS):
-        raise RelayError(f"provider must be one of {', '.join(PROVIDERS)}")
+        raise RelayError(f"provider must be one of {', '.join(PROVIDERS)}", "provider")
     if values.get("maintenance_policy") not in (None, *MAINTENANCE_POLICIES):
-        raise RelayError("maintenance policy must be hold or reroute")
+        raise RelayError("maintenance policy must be hold or reroute", "maintenance_policy")
     for key, low in (
         ("weight", 0),
         ("max_per_connection", 1),
@@ -77,18 +96,18 @@ def validate(values: dict[str, Any]) -> None:
         ("breaker_success_threshold", 1),
     ):
         if values.get(key) is not None and int(values[key]) < low:
-            raise RelayError(f"{key.replace('_', ' ')} must be at least {low}")
+            raise RelayError(f"{key.replace('_', ' ')} must be at least {low}", key)
     for key in ("username", "password"):
         value = values.get(key)
         if value and any(c in value for c in "\r\n\0"):
-            raise RelayError(f"{key} must not contain line breaks")
+            raise RelayError(f"{key} must not contain line breaks", key)
 
 
 def create(**values: Any) -> Relay:
     """Add a relay; the password is encrypted before it is stored."""
     validate(values)
     if db.session.scalar(select(Relay.id).where(Relay.name == values["name"])):
-        raise RelayError(f"a relay named {values['name']!r} already exists")
+        raise RelayError(f"a relay named {values['name']!r} already exists", "name")
     password = values.pop("password", None)
     if values.get("priority") is None:
         last = db.session.scalar(select(Relay.priority).order_by(Relay.priority.desc()))
@@ -101,13 +120,25 @@ def create(**values: Any) -> Relay:
     return relay
 
 
+def get_by_id(relay_id: int) -> Relay | None:
+    """Return the relay with that id, or None."""
+    return db.session.get(Relay, relay_id)
+
+
 def update(relay: Relay, **values: Any) -> Relay:
-    """Change a relay; a blank password keeps the stored one."""
+    """Change a relay; a blank password keeps the stored one, a blank username drops both."""
     validate(values)
+    name = values.get("name")
+    if name is not None and name != relay.name:
+        taken = select(Relay.id).where(Relay.name == name, Relay.id != relay.id)
+        if db.session.scalar(taken):
+            raise RelayError(f"a relay named {name!r} already exists", "name")
     password = values.pop("password", None)
     for key, value in values.items():
         setattr(relay, key, value)
-    if password:
+    if "username" in values and not values["username"]:
+        relay.password_encrypted = None  # no username, no login: keep no orphaned secret
+    elif password:
         relay.password_encrypted = crypto.encrypt(current_app.config["SECRET_KEY"], password)
     db.session.commit()
     return relay
@@ -146,18 +177,183 @@ def snapshot(relay: Relay, secret_key: str) -> RelaySnapshot:
         enabled=relay.enabled,
         provider=relay.provider,
         max_rate=relay.max_rate,
-        policy=BreakerPolicy(
-            failure_threshold=relay.breaker_threshold,
-            open_seconds=relay.breaker_open_seconds,
-            success_threshold=relay.breaker_success_threshold,
-        ),
-        circuit=Circuit(
-            state=CircuitState(relay.circuit_state),
-            failures=relay.circuit_failures,
-            successes=relay.circuit_successes,
-            open_until=relay.circuit_open_until,
-            reason=relay.circuit_reason,
-        ),
+        policy=policy_of(relay),
+        circuit=circuit_of(relay),
         circuit_changed_at=relay.circuit_changed_at,
         cooldown_until=relay.cooldown_until,
     )
+
+
+def policy_of(relay: Relay) -> BreakerPolicy:
+    """Return the breaker policy a relay is configured with."""
+    return BreakerPolicy(
+        failure_threshold=relay.breaker_threshold,
+        open_seconds=relay.breaker_open_seconds,
+        success_threshold=relay.breaker_success_threshold,
+    )
+
+
+def circuit_of(relay: Relay) -> Circuit:
+    """Return a relay's circuit as the breaker sees it."""
+    return Circuit(
+        state=CircuitState(relay.circuit_state),
+        failures=relay.circuit_failures,
+        successes=relay.circuit_successes,
+        open_until=relay.circuit_open_until,
+        reason=relay.circuit_reason,
+    )
+
+
+# -- order ------------------------------------------------------------------------------
+
+
+def reorder(ids: list[int]) -> list[Relay]:
+    """Give relays priorities 10, 20, 30, … in the order of `ids`; unlisted ones follow."""
+    if len(set(ids)) != len(ids):
+        raise RelayError("the new order names a relay twice")
+    current = ordered()
+    by_id = {relay.id: relay for relay in current}
+    # Ids of relays deleted meanwhile are ignored; relays added meanwhile keep their place
+    # after the listed ones, so a stale page never loses a relay.
+    listed = [by_id[i] for i in ids if i in by_id]
+    rest = [relay for relay in current if relay.id not in set(ids)]
+    new_order = listed + rest
+    with writelock.writing(db.engine):
+        for position, relay in enumerate(new_order, start=1):
+            relay.priority = position * 10
+        db.session.commit()
+    return new_order
+
+
+def move(relay: Relay, direction: str) -> bool:
+    """Move a relay one place up or down; say whether it moved."""
+    if direction not in ("up", "down"):
+        raise RelayError("direction must be up or down")
+    ids = [r.id for r in ordered()]
+    index = ids.index(relay.id)
+    target = index - 1 if direction == "up" else index + 1
+    if not 0 <= target < len(ids):
+        return False
+    ids[index], ids[target] = ids[target], ids[index]
+    reorder(ids)
+    return True
+
+
+# -- circuits ---------------------------------------------------------------------------
+
+
+def force_circuit(relay: Relay, state: str, note: str, by: str | None = None) -> Event:
+    """Open or close a relay's circuit by an operator's hand, with a note, and log it."""
+    note = " ".join((note or "").split())
+    if state not in FORCEABLE:
+        raise RelayError("a circuit can be forced open or closed", "state")
+    if not note:
+        raise RelayError("say why: the note is kept with the change", "note")
+    if len(note) > 500:
+        raise RelayError("keep the note under 500 characters", "note")
+    target = CircuitState(state)
+    for _ in range(3):
+        before = CircuitState(relay.circuit_state)
+        now = utcnow()
+        circuit, _transition = breaker.force(policy_of(relay), circuit_of(relay), now, target, note)
+        who = f" by {by}" if by else ""
+        event = Event(
+            at=now,
+            type=f"circuit_{target.value}",
+            relay_id=relay.id,
+            detail=f"forced {target.value.replace('_', '-')}{who}: {note}",
+            data={
+                "relay": relay.name,
+                "from": before.value,
+                "to": target.value,
+                "reason": note,
+                "by": by,
+            },
+        )
+        if save_circuit(relay, before, circuit, event, now):
+            return event
+        db.session.refresh(relay)  # the delivery engine changed it meanwhile: decide again
+    raise RelayError("the circuit keeps changing under us; try again")
+
+
+def save_circuit(
+    relay: Relay, before: CircuitState, circuit: Circuit, event: Event, now: datetime
+) -> bool:
+    """Write a relay's new circuit and its event, if the circuit is still in `before`.
+
+    The UPDATE is conditional on the state that was read, and its row count is checked,
+    so a transition the delivery engine made meanwhile is never overwritten blindly.
+    circuit_changed_at tells running delivery passes to adopt the change.
+    """
+    with writelock.writing(db.engine):
+        result = db.session.execute(
+            sql_update(Relay)
+            .where(Relay.id == relay.id, Relay.circuit_state == before.value)
+            .values(
+                circuit_state=circuit.state.value,
+                circuit_failures=circuit.failures,
+                circuit_successes=circuit.successes,
+                circuit_open_until=circuit.open_until,
+                circuit_reason=circuit.reason,
+                circuit_changed_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            db.session.rollback()
+            return False
+        db.session.add(event)
+        db.session.commit()
+    db.session.refresh(relay)
+    return True
+
+
+def transition_event(relay: Relay, transition: Transition, now: datetime, **extra: Any) -> Event:
+    """Return the event row of a circuit transition, shaped like the delivery engine's."""
+    return Event(
+        at=now,
+        type="circuit_" + transition.after.value,
+        relay_id=relay.id,
+        detail=transition.reason,
+        data={
+            "relay": relay.name,
+            "from": transition.before.value,
+            "to": transition.after.value,
+            "reason": transition.reason,
+            **extra,
+        },
+    )
+
+
+# -- the table's numbers ----------------------------------------------------------------
+
+
+def stats_last_hour(now: datetime | None = None) -> dict[int, RelayStats]:
+    """Count each relay's delivered and failed attempts of the last hour, in one query."""
+    since = (now or utcnow()) - timedelta(hours=1)
+    delivered = func.sum(case((Attempt.outcome.in_(DELIVERED_OUTCOMES), 1), else_=0))
+    rows = db.session.execute(
+        select(Attempt.relay_id, func.count(), delivered)
+        .where(Attempt.at >= since, Attempt.relay_id.is_not(None))
+        .group_by(Attempt.relay_id)
+    )
+    return {
+        relay_id: RelayStats(sent=int(sent or 0), failed=int(total) - int(sent or 0))
+        for relay_id, total, sent in rows
+    }
+
+
+def last_health() -> dict[int, HealthCheck]:
+    """Return each relay's latest health check, in one query (an index seek per relay)."""
+    latest = (
+        select(HealthCheck.id)
+        .where(HealthCheck.relay_id == Relay.id)
+        .order_by(HealthCheck.at.desc(), HealthCheck.id.desc())
+        .limit(1)
+        .correlate(Relay)
+        .scalar_subquery()
+    )
+    checks = db.session.scalars(
+        select(HealthCheck).select_from(Relay).join(HealthCheck, HealthCheck.id == latest)
+    )
+    return {check.relay_id: check for check in checks}
