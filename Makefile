@@ -40,6 +40,7 @@ lint: $(DEVSTAMP)
 	$(BIN)/mypy app
 
 bench: $(DEVSTAMP)
+	command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || echo "no wrk: bench/api.py uses its Python load generator")
 	$(BIN)/python bench/run_all.py
 
 clean:

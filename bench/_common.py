@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: SMTP servers in a separate process, stats, settings.
 
 Everything here talks to 127.0.0.1 only. The SMTP servers (tests/smtp_servers.py) run
-in a child process started with the "spawn" method, so their CPU time is not charged
+in a child process (this file run with --serve KIND), so their CPU time is not charged
 to the process being measured.
 """
 
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -155,39 +154,39 @@ def build(index: int) -> Any:
 # --------------------------------------------------------------------------- servers
 
 
-def _server_main(kind: str, conn: multiprocessing.connection.Connection) -> None:
-    """Child process: run one test server and answer the parent's questions over a pipe."""
-    sys.path.insert(0, str(ROOT))
+def _serve(kind: str) -> None:
+    """Child process: run one test server; answer JSON-line commands on stdin/stdout."""
     from tests.smtp_servers import HangingServer, ScriptedSMTPServer
 
     server: Any = ScriptedSMTPServer() if kind == "smtp" else HangingServer()
     server.start()
-    conn.send(("ready", server.port))
+
+    def reply(value: Any) -> None:
+        sys.stdout.write(json.dumps(value) + "\n")
+        sys.stdout.flush()
+
+    reply({"port": server.port})
     try:
-        while True:
-            command = conn.recv()
+        for line in sys.stdin:
+            command = line.strip()
+            received = list(getattr(server, "received", []))
             if command == "stats":
-                received = list(getattr(server, "received", []))
-                ids = [r.message_id for r in received]
-                conn.send({
-                    "received": len(received),
-                    "distinct": len(set(ids)),
-                    "connections": server.connections,
-                })
+                reply({"received": len(received),
+                       "distinct": len({r.message_id for r in received}),
+                       "connections": server.connections})
             elif command == "ids":
-                conn.send([r.message_id for r in list(server.received)])
+                reply([r.message_id for r in received])
             elif command == "reset":
                 if kind == "smtp":
                     server.received.clear()
                 server.connections = 0
-                conn.send("ok")
+                reply("ok")
             elif command == "cpu":
-                conn.send(time.process_time())
-            elif command == "stop":
+                reply(time.process_time())
+            else:
                 break
     finally:
         server.stop()
-        conn.send("stopped")
 
 
 class ServerProcess:
@@ -199,22 +198,30 @@ class ServerProcess:
         self.kind = kind
         self.host = LOOPBACK
         self.port = 0
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_server_main, args=(kind, child), daemon=True)
+        self._proc: subprocess.Popen[str] | None = None
+
+    def _read(self, timeout: float) -> Any:
+        assert self._proc is not None and self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"{self.kind} server did not answer within {timeout} s")
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} server exited (status {self._proc.poll()})")
+        return json.loads(line)
 
     def _ask(self, command: str, timeout: float = 30.0) -> Any:
-        self._conn.send(command)
-        if not self._conn.poll(timeout):
-            raise TimeoutError(f"{self.kind} server did not answer {command!r}")
-        return self._conn.recv()
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._read(timeout)
 
     def start(self) -> ServerProcess:
-        self._proc.start()
-        if not self._conn.poll(60):
-            raise TimeoutError(f"{self.kind} server did not start")
-        tag, self.port = self._conn.recv()
-        assert tag == "ready"
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", self.kind],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        self.port = int(self._read(60)["port"])
         return self
 
     def stats(self) -> dict[str, int]:
@@ -232,13 +239,18 @@ class ServerProcess:
         self._ask("reset")
 
     def stop(self) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(TimeoutError, OSError, EOFError):
-                self._ask("stop", timeout=15)
-            self._proc.join(15)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(5)
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.write("stop\n")
+                proc.stdin.close()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -266,6 +278,10 @@ def percentile(values: list[float], q: float) -> float:
 def source() -> dict[str, Any]:
     """Say which code was measured: the commit, and app/ files changed since it."""
     info: dict[str, Any] = {"app_root": str(APP_ROOT)}
+    marker = APP_ROOT / ".bench-commit"
+    if APP_ROOT != ROOT and marker.exists():  # an export made by run_all.py --commit
+        info["commit"] = marker.read_text().strip()
+        return info
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
@@ -311,3 +327,7 @@ def write_result(name: str, result: dict[str, Any], path: str | None = None) -> 
 
 def verdict(ok: bool) -> str:
     return "pass" if ok else "**FAIL**"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    _serve(sys.argv[2])

@@ -16,6 +16,7 @@ import asyncio
 import cProfile
 import io
 import pstats
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from typing import Any
 from _common import (
     ServerProcess,
     build,
-    cpu_busy,
     drain_bounded,
     make_app,
     median,
     tempdir,
     verdict,
+    wait_for_quiet,
     write_result,
 )
 
@@ -81,6 +82,30 @@ def run_baseline(sink: ServerProcess, count: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- relayboard
 
 
+def _profiled_engine_class() -> Any:
+    """A DeliveryEngine whose database steps (on the DB thread) run under their own profiler."""
+    from app.services.delivery import DeliveryEngine
+
+    class ProfiledEngine(DeliveryEngine):
+        db_profiler: cProfile.Profile
+
+    def wrap(name: str) -> Any:
+        def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.db_profiler.enable()  # cProfile hooks only the thread that enables it
+            try:
+                return getattr(super(ProfiledEngine, self), name)(*args, **kwargs)
+            finally:
+                self.db_profiler.disable()
+
+        return step
+
+    # Only the outermost steps: _record calls _save_relays inside its transaction.
+    for name in ("_reap", "_load_relays", "_claim", "_record"):
+        if hasattr(DeliveryEngine, name):
+            setattr(ProfiledEngine, name, wrap(name))
+    return ProfiledEngine
+
+
 def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> dict[str, Any]:
     """Enqueue `count` messages (untimed), then time one DeliveryEngine.drain()."""
     from app import settings_of
@@ -94,31 +119,67 @@ def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> di
             relays.create(name="sink", host=sink.host, port=sink.port, security="none",
                           max_per_connection=100_000)
             expected = {queue.enqueue(build(i)).message_id for i in range(count)}
-            engine = DeliveryEngine(db.engine, settings_of(app))
-            sink.reset()
+            engine_class = _profiled_engine_class() if profile else DeliveryEngine
+            engine = engine_class(db.engine, settings_of(app))
             profiler = cProfile.Profile() if profile else None
-            cpu0 = time.process_time()
+            if profile:
+                engine.db_profiler = cProfile.Profile()
+            sink.reset()
+            cpu0, loop0 = time.process_time(), time.thread_time()
             started = time.perf_counter()
             if profiler:
                 profiler.enable()
-            report = drain_bounded(engine, RUN_DEADLINE)
+            report = drain_bounded(engine, RUN_DEADLINE)  # the event loop runs on this thread
             if profiler:
                 profiler.disable()
             seconds = time.perf_counter() - started
-            cpu = time.process_time() - cpu0
+            cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
             db.session.remove()
             db.engine.dispose()
     check = _check_sink(sink, expected)
+    sent = max(report.sent, 1)
     result = {"sent": report.sent, "claimed": report.claimed, "deferred": report.deferred,
               "failed": report.failed, "seconds": seconds, "rate": report.sent / seconds,
-              "cpu_us_per_msg": cpu / max(report.sent, 1) * 1e6, **check}
+              "cpu_us_per_msg": cpu / sent * 1e6,
+              "loop_cpu_us_per_msg": loop_cpu / sent * 1e6,
+              "db_cpu_us_per_msg": (cpu - loop_cpu) / sent * 1e6, **check}
     if profiler:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
+        out.write("=== event loop thread\n")
         stats.sort_stats("tottime").print_stats(25)
         stats.sort_stats("cumulative").print_stats(40)
+        db_stats = pstats.Stats(engine.db_profiler, stream=out)
+        out.write("=== database thread\n")
+        db_stats.sort_stats("tottime").print_stats(25)
+        db_stats.sort_stats("cumulative").print_stats(30)
         result["profile"] = out.getvalue()
+        result["hot"] = _hot_spots(stats, report.sent)
+        result["db_hot"] = _hot_spots(db_stats, report.sent)
     return result
+
+
+def _label(func: tuple[str, int, str]) -> str:
+    path, line, name = func
+    if path == "~":
+        return name
+    if "/app/" in path:
+        path = "app/" + path.split("/app/", 1)[1]
+    else:
+        path = re.sub(r"^.*/(site-packages|lib/python3\.\d+)/", "", path)
+    return f"{path}:{line}({name})"
+
+
+def _hot_spots(stats: pstats.Stats, sent: int) -> dict[str, list[dict[str, Any]]]:
+    """Return the top functions by own time, and Relayboard's own functions by total time."""
+    rows = [
+        {"function": _label(func), "calls": nc, "own_s": tt, "total_s": ct,
+         "calls_per_msg": nc / max(sent, 1), "app": "/app/" in func[0]}
+        for func, (_cc, nc, tt, ct, _callers) in stats.stats.items()
+    ]
+    own = sorted(rows, key=lambda r: r["own_s"], reverse=True)[:12]
+    app = sorted((r for r in rows if r["app"]), key=lambda r: r["total_s"], reverse=True)[:12]
+    return {"own": own, "app": app}
 
 
 def _check_sink(sink: ServerProcess, expected: set[str]) -> dict[str, Any]:
@@ -153,13 +214,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run_baseline(sink, min(count, 500))  # warm up both paths (imports, sockets)
         run_relayboard(sink, min(count, 200))
         for i in range(runs):
-            busy_before.append(cpu_busy(0.5))
+            busy_before.append(wait_for_quiet(limit=30))
             baseline.append(run_baseline(sink, count))
             relayboard.append(run_relayboard(sink, count))
             print(f"run {i + 1}/{runs}: baseline {baseline[-1]['rate']:.0f} msg/s, "
                   f"relayboard {relayboard[-1]['rate']:.0f} msg/s "
                   f"(exact: {baseline[-1]['exact']}/{relayboard[-1]['exact']})", flush=True)
-        profile = run_relayboard(sink, count, profile=True)["profile"] if args.profile else None
+        profiled = run_relayboard(sink, count, profile=True) if args.profile else None
         sink_cpu = sink.cpu_seconds()
 
     base_rate = median(r["rate"] for r in baseline)
@@ -177,17 +238,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pass": rb_rate / base_rate >= TARGET_RATIO,
         "baseline_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in baseline),
         "relayboard_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in relayboard),
+        "relayboard_loop_cpu_us_per_msg": median(r["loop_cpu_us_per_msg"] for r in relayboard),
+        "relayboard_db_cpu_us_per_msg": median(r["db_cpu_us_per_msg"] for r in relayboard),
         "all_exact": all(r["exact"] for r in baseline + relayboard),
         "sink_cpu_seconds_total": sink_cpu,
         "cpu_busy_before_runs": busy_before,
         "baseline_runs": baseline,
         "relayboard_runs": relayboard,
     }
+    if profiled:
+        result["profile"] = {"rate": profiled["rate"], "seconds": profiled["seconds"],
+                             "hot": profiled["hot"], "db_hot": profiled["db_hot"]}
     path = write_result("drain", result, args.json)
     print(render(result))
-    if profile:
-        print(profile)
-        Path(path).with_suffix(".profile.txt").write_text(profile)
+    if profiled:
+        print(profiled["profile"])
+        Path(path).with_suffix(".profile.txt").write_text(profiled["profile"])
     return result
 
 
@@ -211,7 +277,9 @@ def render(r: dict[str, Any]) -> str:
         f"{r['baseline_cpu_us_per_msg']:.0f} | "
         f"{'yes' if all(x['exact'] for x in r['baseline_runs']) else 'NO'} |",
         f"| Relayboard drain | {r['relayboard_rate']:.0f} | "
-        f"{r['relayboard_cpu_us_per_msg']:.0f} | "
+        f"{r['relayboard_cpu_us_per_msg']:.0f} (event loop "
+        f"{r.get('relayboard_loop_cpu_us_per_msg', float('nan')):.0f}, database thread "
+        f"{r.get('relayboard_db_cpu_us_per_msg', float('nan')):.0f}) | "
         f"{'yes' if all(x['exact'] for x in r['relayboard_runs']) else 'NO'} |",
         "",
         "| metric | result | target | |",
@@ -223,7 +291,32 @@ def render(r: dict[str, Any]) -> str:
         + ", ".join(f"{b['rate']:.0f} → {x['rate']:.0f}"
                     for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True))
         + ".",
+        *_render_profile(r),
     ])
+
+
+def _render_profile(r: dict[str, Any]) -> list[str]:
+    profile = r.get("profile")
+    if not profile:
+        return []
+    lines = [
+        "",
+        f"cProfile of one more Relayboard drain ({profile['rate']:.0f} msg/s under the "
+        "profiler). Event loop thread: Relayboard's functions by total time, then the top "
+        "functions by own time. Database thread (claims and records, profiled separately): "
+        "the top functions by own time.",
+        "",
+        "| thread | function | calls (incl. coroutine resumes) per message | total s | own s |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    sections = [("loop", profile["hot"]["app"][:8]), ("loop", profile["hot"]["own"][:8])]
+    if profile.get("db_hot"):
+        sections.append(("database", profile["db_hot"]["own"][:8]))
+    for thread, rows in sections:
+        for row in rows:
+            lines.append(f"| {thread} | `{row['function']}` | {row['calls_per_msg']:.2f} | "
+                         f"{row['total_s']:.2f} | {row['own_s']:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":
