@@ -49,8 +49,33 @@ class DrainJob:
             )
 
 
+HEALTH_CHECK_MINUTES = 5
+HEALTH_HISTORY_DAYS = 30
+
+
+def health_checks(app: Flask) -> None:
+    """Probe every enabled relay (one instance at a time, under a lease); prune old results."""
+    from app.services import health
+
+    with app.app_context():
+        try:
+            health.run_scheduled_checks()
+            health.prune(days=HEALTH_HISTORY_DAYS)
+        except Exception:
+            log.exception("health checks failed; the next run retries")
+
+
 def schedule(app: Flask, scheduler: BaseScheduler) -> DrainJob:
-    """Add the drain to a scheduler; return the job so its stop flag can be set."""
+    """Add the drain and the health checks to a scheduler; return the drain job."""
+    scheduler.add_job(
+        health_checks,
+        "interval",
+        args=[app],
+        minutes=HEALTH_CHECK_MINUTES,
+        id="health_checks",
+        max_instances=1,
+        coalesce=True,
+    )
     job = DrainJob(app)
     scheduler.add_job(
         job,

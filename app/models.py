@@ -161,7 +161,11 @@ class Attempt(db.Model):  # type: ignore[name-defined]
     """One try of one message through one relay."""
 
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_message", "message_id"),)
+    __table_args__ = (
+        Index("ix_attempts_message", "message_id"),
+        # Per-relay sends and failures over recent minutes (relays table, overview chart).
+        Index("ix_attempts_at", "at", "relay_id", "outcome"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import logs, settings_of, writelock
@@ -165,3 +165,11 @@ def _half_open(relay: Relay, trigger: str, by: str | None) -> None:
             "circuit half-open",
             extra={"relay": relay.name, "from": before.value, "reason": transition.reason},
         )
+
+
+def prune(days: int) -> int:
+    """Delete health results older than `days` days; return how many."""
+    cutoff = utcnow() - timedelta(days=days)
+    with writelock.transaction(db.engine) as conn:
+        result = conn.execute(delete(HealthCheck).where(HealthCheck.at < cutoff))
+    return int(result.rowcount or 0)

@@ -95,7 +95,7 @@ def _json_text(column: Any) -> ColumnElement[str]:
     return cast(column, Text)
 
 
-def filter_query(f: MessageFilter) -> Select[tuple[Message]]:
+def filter_query(f: MessageFilter) -> Select[Any]:
     """Select the messages a filter matches, newest first."""
     query = select(Message).order_by(Message.id.desc())
     if f.status:
@@ -130,9 +130,9 @@ def filter_query(f: MessageFilter) -> Select[tuple[Message]]:
 
 
 def count(query: Select[Any]) -> int:
-    """Count the rows a select would return."""
-    total = db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-    return int(total or 0)
+    """Count the rows a select of messages would return (without loading them)."""
+    counting = query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    return int(db.session.scalar(counting) or 0)
 
 
 def matching_ids(f: MessageFilter) -> list[int]:

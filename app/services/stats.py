@@ -275,7 +275,7 @@ def assess(
     for relay in enabled:
         if relay.circuit == CircuitState.OPEN:
             until = f" until {relay.open_until:%H:%M} UTC" if relay.open_until else ""
-            because = f": {relay.reason}" if relay.reason else ""
+            because = f" — {relay.reason}" if relay.reason else ""
             degraded.append(f"{relay.name}: circuit open{until}{because}")
         elif relay.circuit == CircuitState.HALF_OPEN:
             degraded.append(f"{relay.name}: circuit half-open, the next send is a trial")

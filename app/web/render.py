@@ -10,9 +10,14 @@ from flask_htmx import HTMX
 htmx = HTMX()
 
 
+def wants_fragment() -> bool:
+    """Say whether htmx asks for a partial (a boost or a history restore needs the page)."""
+    return bool(htmx) and not htmx.boosted and not htmx.history_restore_request
+
+
 def page_or_fragment(page: str, fragment: str, **context: Any) -> Response:
-    """Render `page`, or `fragment` alone when htmx asks (not when it boosts a link)."""
-    template = fragment if htmx and not htmx.boosted else page
+    """Render `page`, or `fragment` alone when htmx asks for a partial."""
+    template = fragment if wants_fragment() else page
     response = make_response(render_template(template, **context))
     response.vary.add("HX-Request")
     return response

@@ -36,9 +36,14 @@ if not Path(CHROMIUM).exists():
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One Chromium for the session."""
+    """One Chromium per module.
+
+    Playwright's sync API keeps an event loop running on this thread while it lives, so
+    it ends with the module (asyncio.run elsewhere would refuse to start), and browser
+    tests drain in a thread of their own: see `in_thread`.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -97,3 +102,22 @@ def page(chromium: Any, live: LiveServer) -> Iterator[Any]:
     context.close()
     # A CSP violation or a script error is a defect, whatever the test checked.
     assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
+
+
+def in_thread(fn: Any, *args: Any) -> Any:
+    """Run fn in a fresh thread (no Playwright event loop there) and return its result."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    if errors:
+        raise errors[0]
+    return result[0] if result else None

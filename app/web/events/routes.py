@@ -15,8 +15,7 @@ from app.extensions import db
 from app.models import Relay, utcnow
 from app.services import operations
 from app.web.events.forms import GROUP_LABELS, EventFilterForm
-from app.web.messages.routes import wants_fragment
-from app.web.render import page_or_fragment
+from app.web.render import page_or_fragment, wants_fragment
 
 bp = Blueprint("events", __name__, url_prefix="/events")
 

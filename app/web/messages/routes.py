@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, abort, flash, redirect, request, url_for
+from flask import Blueprint, abort, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
+from sqlalchemy.orm import defer
+from werkzeug.wrappers import Response
 
 from app.domain.links import extract_links
 from app.extensions import db
@@ -15,18 +17,12 @@ from app.models import PRIORITY_NAMES, Attempt, Event, Message
 from app.services import operations
 from app.web.messages.forms import MessageFilterForm
 from app.web.messages.headers import stored_headers
-from app.web.render import flash_trigger, fragment, htmx, page_or_fragment
+from app.web.render import flash_trigger, fragment, htmx, page_or_fragment, wants_fragment
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
 
 PAGE_SIZE = 50
 ACTIONS = {"retry": operations.retry_now, "cancel": operations.cancel}
-
-
-def wants_fragment() -> bool:
-    """Say whether htmx asks for a partial (a boost or a history restore needs the page)."""
-    restoring = request.headers.get("HX-History-Restore-Request") == "true"
-    return bool(htmx) and not htmx.boosted and not restoring
 
 
 def _page_or_fragment(page: str, part: str, **context: Any) -> Response:
@@ -49,7 +45,8 @@ def _list_context(form: MessageFilterForm) -> dict[str, Any]:
         return context
     selection = form.to_filter()
     query = operations.filter_query(selection)
-    page_query = query.limit(PAGE_SIZE + 1)
+    # The list never shows the stored MIME: leave it (up to megabytes a row) in the database.
+    page_query = query.options(defer(Message.data)).limit(PAGE_SIZE + 1)
     if form.before.data:
         page_query = page_query.where(Message.id < form.before.data)
     rows = list(db.session.scalars(page_query))
@@ -91,7 +88,8 @@ def bulk(action: str) -> Response:
         response = fragment("messages/_results_fragment.html", **_list_context(form))
         return flash_trigger(response, text, category)
     flash(text, category)
-    return redirect(url_for("messages.index", **form.args()))  # type: ignore[return-value]
+    args: dict[str, Any] = form.args()
+    return redirect(url_for("messages.index", **args))
 
 
 def _message_or_404(message_pk: int) -> Message:
@@ -162,7 +160,7 @@ def _act(message_pk: int, action: str) -> Response:
             f"Message {row.id} was not {result.verb}: {result.refusal() or 'not allowed'}.",
             "error",
         )
-    return redirect(url_for("messages.show", message_pk=row.id))  # type: ignore[return-value]
+    return redirect(url_for("messages.show", message_pk=row.id))
 
 
 @bp.post("/<int:message_pk>/retry")
