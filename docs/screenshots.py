@@ -83,7 +83,7 @@ def main() -> None:
                 ("relays", "/relays/"),
                 ("message", f"/messages/{first}"),
                 ("messages", "/messages/"),
-                ("events", "/events/"),
+                ("events", "/events/"),  # failovers, circuits and health
                 ("settings", "/settings/"),
             ]:
                 page.goto(path)

@@ -277,7 +277,7 @@ def cancel(ids: Iterable[int], operator: str) -> ActionResult:
 
 # -- The event log: failovers, circuit transitions, health results, message events ----------
 
-EVENT_GROUPS = ("all", "failovers", "circuits", "health", "messages")
+EVENT_GROUPS = ("incidents", "all", "failovers", "circuits", "health", "messages")
 _CURSOR = re.compile(r"^([eh])([1-9][0-9]{0,17})$")
 
 
@@ -289,7 +289,7 @@ class CursorError(ValueError):
 class EventFilter:
     """Which part of the log an operator is looking at."""
 
-    group: str = "all"
+    group: str = "incidents"
     relay_id: int | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -343,7 +343,11 @@ def _relay_name(relay_id: int | None) -> str | None:
 
 def _event_condition(f: EventFilter) -> ColumnElement[bool]:
     conditions: list[ColumnElement[bool]] = []
-    if f.group == "failovers":
+    if f.group == "incidents":
+        conditions.append(
+            or_(Event.type == "failover", Event.type.like("circuit\\_%", escape="\\"))
+        )
+    elif f.group == "failovers":
         conditions.append(Event.type == "failover")
     elif f.group == "circuits":
         conditions.append(Event.type.like("circuit\\_%", escape="\\"))
@@ -483,7 +487,7 @@ def log_page(f: EventFilter, before: str | None = None, limit: int = 100) -> Log
     streams: list[list[LogEntry]] = []
     if f.group != "health":
         streams.append(_event_entries(f, _after_cursor(Event, "e", cursor), limit + 1))
-    if f.group in ("health", "all"):
+    if f.group in ("health", "all", "incidents"):
         streams.append(_health_entries(f, _after_cursor(HealthCheck, "h", cursor), limit + 1))
     merged = list(heapq.merge(*streams, key=_order_key, reverse=True))
     entries = merged[:limit]

@@ -9,6 +9,7 @@ from app.services.operations import EVENT_GROUPS, EventFilter
 from app.web.messages.forms import DATETIME_FORMATS
 
 GROUP_LABELS = {
+    "incidents": "failovers, circuits and health",
     "all": "everything",
     "failovers": "failovers",
     "circuits": "circuit transitions",
@@ -21,7 +22,7 @@ class EventFilterForm(Form):
     """Filter the event log; read from the query string (GET), so no CSRF token."""
 
     group = SelectField(
-        "Show", choices=[SelectChoice(g, GROUP_LABELS[g]) for g in EVENT_GROUPS], default="all"
+        "Show", choices=[SelectChoice(g, GROUP_LABELS[g]) for g in EVENT_GROUPS], default="incidents"
     )
     relay = SelectField("Relay", choices=[SelectChoice("", "any")], default="")
     since = DateTimeLocalField("Since (UTC)", format=DATETIME_FORMATS, validators=[Optional()])
@@ -38,7 +39,7 @@ class EventFilterForm(Form):
     def to_filter(self) -> EventFilter:
         """Return the service's filter for a validated form."""
         return EventFilter(
-            group=self.group.data or "all",
+            group=self.group.data or "incidents",
             relay_id=int(self.relay.data) if self.relay.data else None,
             since=self.since.data,
             until=self.until.data,
@@ -47,7 +48,7 @@ class EventFilterForm(Form):
     def args(self) -> dict[str, str]:
         """Return the filter as query arguments (no page), for links, polls and the export."""
         values = {
-            "group": self.group.data if self.group.data != "all" else "",
+            "group": self.group.data if self.group.data != "incidents" else "",
             "relay": self.relay.data or "",
             "since": self.since.raw_data[0] if self.since.raw_data else "",
             "until": self.until.raw_data[0] if self.until.raw_data else "",
