@@ -659,39 +659,18 @@ class DeliveryEngine:
                 verdict = Verdict(Action.FAILOVER, Scope.SERVER, exc.reason)
                 return dict.fromkeys(recipients, verdict)
             except TransportError as exc:
-                verdict = self._verdict_for(exc)
-                self._note_attempt(
-                    state,
-                    message,
-                    recipients,
-                    attempts,
-                    started,
-                    verdict,
-                    stage=exc.stage,
-                    code=exc.code,
-                    text=exc.text or exc.detail,
-                )
-                return dict.fromkeys(recipients, verdict)
+                return self._transport_failure(state, message, recipients, attempts, started, exc)
             healthy: bool | None = None
             try:
                 await state.pace()
                 async with asyncio.timeout(self.timeouts.deadline):
                     result = await session.send(message.envelope_from, recipients, message.data)
             except TransportError as exc:
-                verdict = self._verdict_for(exc)
-                healthy = False if verdict.breaker_failure else None
-                self._note_attempt(
-                    state,
-                    message,
-                    recipients,
-                    attempts,
-                    started,
-                    verdict,
-                    stage=exc.stage,
-                    code=exc.code,
-                    text=exc.text or exc.detail,
+                verdicts = self._transport_failure(
+                    state, message, recipients, attempts, started, exc
                 )
-                return dict.fromkeys(recipients, verdict)
+                healthy = False if next(iter(verdicts.values())).breaker_failure else None
+                return verdicts
             except TimeoutError:
                 session.broken = True
                 healthy = False
@@ -726,6 +705,30 @@ class DeliveryEngine:
         finally:
             if trial:
                 state.trial_in_flight = False
+
+    def _transport_failure(
+        self,
+        state: RelayState,
+        message: queue.Claimed,
+        recipients: list[str],
+        attempts: list[dict[str, Any]],
+        started: float,
+        exc: TransportError,
+    ) -> dict[str, Verdict]:
+        """Record a session that failed (to open, or under a transaction) as one attempt."""
+        verdict = self._verdict_for(exc)
+        self._note_attempt(
+            state,
+            message,
+            recipients,
+            attempts,
+            started,
+            verdict,
+            stage=exc.stage,
+            code=exc.code,
+            text=exc.text or exc.detail,
+        )
+        return dict.fromkeys(recipients, verdict)
 
     @staticmethod
     def _admit(state: RelayState) -> str | None:

@@ -22,7 +22,9 @@ class EventFilterForm(Form):
     """Filter the event log; read from the query string (GET), so no CSRF token."""
 
     group = SelectField(
-        "Show", choices=[SelectChoice(g, GROUP_LABELS[g]) for g in EVENT_GROUPS], default="incidents"
+        "Show",
+        choices=[SelectChoice(g, GROUP_LABELS[g]) for g in EVENT_GROUPS],
+        default="incidents",
     )
     relay = SelectField("Relay", choices=[SelectChoice("", "any")], default="")
     since = DateTimeLocalField("Since (UTC)", format=DATETIME_FORMATS, validators=[Optional()])
