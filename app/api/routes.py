@@ -7,11 +7,11 @@ from typing import Any
 
 import pydantic
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
-from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app import crypto, settings_of
+from app.api.limits import ApiLimits, Refusal
 from app.api.schemas import SendRequest, errors_to_fields
 from app.domain import mime
 from app.domain.links import extract_links
@@ -22,30 +22,18 @@ from app.services import api_keys, queue
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _api_key_or_address() -> str:
-    """Rate-limit by API key (its digest), or by address for requests without one."""
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer " and len(header) < 200:
-        return "key:" + crypto.hash_api_key(header[7:].strip())
-    return "addr:" + (request.remote_addr or "unknown")
+def api_limits() -> ApiLimits:
+    """Return this app's API rate limits (built once per app)."""
+    limits: ApiLimits | None = current_app.extensions.get("relayboard_api_limits")
+    if limits is None:
+        settings = settings_of(current_app)
+        limits = ApiLimits(settings.api_rate_limit, settings.ratelimit_storage)
+        current_app.extensions["relayboard_api_limits"] = limits
+    return limits
 
 
-def _api_limit() -> str:
-    return settings_of(current_app).api_rate_limit
+limiter.exempt(bp)  # the API checks its own limits: see authenticate()
 
-
-limiter.limit(
-    _api_limit,
-    key_func=_api_key_or_address,
-    per_method=False,
-    exempt_when=lambda: settings_of(current_app).api_rate_limit == "off",
-)(bp)
-# Guessing keys: at most 30 refused attempts a minute from one address.
-limiter.limit(
-    "30 per minute",
-    key_func=lambda: "auth-fail:" + (request.remote_addr or "unknown"),
-    deduct_when=lambda response: response.status_code == 401,
-)(bp)
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 500
@@ -60,16 +48,34 @@ def api_error(
 
 @bp.before_request
 def authenticate() -> Any:
-    """Require `Authorization: Bearer KEY` with a live key."""
+    """Require `Authorization: Bearer KEY` with a live key, within its rate limit."""
+    limits = api_limits()
+    address = request.remote_addr or "unknown"
+    refusal = limits.guessing(address)
+    if refusal is not None:
+        return too_many(refusal, "too many refused API keys from this address")
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        limits.refused(address)
         return api_error(401, "unauthorized", "send your API key as 'Authorization: Bearer KEY'")
-    key_id = api_keys.authenticate(key.strip())
+    key_id = api_keys.authenticate(key)
     if key_id is None:
+        limits.refused(address)
         return api_error(401, "unauthorized", "the API key is not valid or has been revoked")
+    refusal = limits.hit_key(crypto.hash_api_key(key))
+    if refusal is not None:
+        return too_many(refusal, "too many requests with this API key")
     g.api_key_id = key_id
     return None
+
+
+def too_many(refusal: Refusal, why: str) -> tuple[Response, int]:
+    """Answer 429 with the limit that was reached and when to retry."""
+    response, status = api_error(429, "rate_limited", f"{why}: the limit is {refusal.limit}")
+    response.headers["Retry-After"] = str(refusal.retry_after)
+    return response, status
 
 
 @bp.errorhandler(RequestEntityTooLarge)
@@ -82,12 +88,6 @@ def too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
         f"the request is too large: messages may be at most {limit} bytes "
         f"(RELAYBOARD_MAX_MESSAGE_BYTES), attachments counted before base64",
     )
-
-
-@bp.errorhandler(RateLimitExceeded)
-def rate_limited(exc: RateLimitExceeded) -> tuple[Response, int]:
-    """Refuse a request over its key's rate limit, saying which limit."""
-    return api_error(429, "rate_limited", f"too many requests: the limit is {exc.description}")
 
 
 @bp.errorhandler(HTTPException)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import mimetypes
 import re
 from email import policy as _policy
@@ -128,6 +129,17 @@ def _split_address(value: str) -> dict[str, Any]:
     return {"email": email, "name": name or None}
 
 
+@functools.lru_cache(maxsize=4096)
+def _normalized_email(address: str) -> tuple[str, str | None]:
+    """Return (normalised address, None) or ("", what is wrong); senders repeat, so cached."""
+    try:
+        # no SMTPUTF8: a non-ASCII local part cannot be relayed by the gateway
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        return "", str(exc)
+    return result.normalized, None
+
+
 class Address(BaseModel):
     """A mailbox: ``"Name <addr>"``, ``"addr"`` or ``{"email": ..., "name": ...}``."""
 
@@ -147,12 +159,10 @@ class Address(BaseModel):
     @classmethod
     def _valid_email(cls, v: str) -> str:
         _header_safe(v)
-        try:
-            # no SMTPUTF8: a non-ASCII local part cannot be relayed by the gateway
-            result = validate_email(v.strip(), check_deliverability=False, allow_smtputf8=False)
-        except EmailNotValidError as exc:
-            raise _error(str(exc)) from None
-        return result.normalized
+        normalized, problem = _normalized_email(v.strip())
+        if problem is not None:
+            raise _error(problem)
+        return normalized
 
     @field_validator("name")
     @classmethod
