@@ -358,3 +358,55 @@ def test_a_bad_setting_exits_2_naming_the_variable(run: Run) -> None:
     assert "RELAYBOARD_DRAIN_INTERVAL='abc' is not a number" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_serve_runs_the_api_and_the_scheduler_in_gunicorn(
+    env: dict[str, str], run: Run, smtp_server: Any, app: Flask
+) -> None:
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    add("sink", smtp_server)
+    key = run("api-keys", "create", "--name", "served").stdout.strip().splitlines()[-1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = subprocess.Popen(
+        [str(RELAYBOARD), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env={**env, "RELAYBOARD_SCHEDULER": "1", "RELAYBOARD_DRAIN_INTERVAL": "0.2"},
+        cwd=env["RELAYBOARD_INSTANCE_PATH"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert json.load(r)["status"] == "ok"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        body = json.dumps(
+            {"from": "a@example.com", "to": ["b@example.org"], "subject": "served", "text": "hello"}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/send",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+            message_id = json.load(response)["message_id"]
+        (got,) = smtp_server.wait_for(1, timeout=20)  # delivered by the worker's scheduler
+        assert got.message_id == message_id
+    finally:
+        served.terminate()
+        _, errors = served.communicate(timeout=30)
+    assert served.returncode == 0, errors
+    assert "Traceback" not in errors
