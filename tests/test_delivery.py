@@ -471,8 +471,19 @@ def test_a_pinned_message_goes_only_through_its_relay(
     primary, tested = smtp_server_factory(), smtp_server_factory()
     add_relay("primary", primary, priority=1)
     target = add_relay("tested", tested, priority=2, enabled=False)
-    spec = MessageSpec(Mailbox("ops@example.com"), [Mailbox("me@example.org")], [], [], None,
-                       "Relayboard test", "test", None, [], {}, [])
+    spec = MessageSpec(
+        Mailbox("ops@example.com"),
+        [Mailbox("me@example.org")],
+        [],
+        [],
+        None,
+        "Relayboard test",
+        "test",
+        None,
+        [],
+        {},
+        [],
+    )
     queued = queue.enqueue(build_message(spec, max_bytes=10_000), pinned_relay_id=target.id)
     engine.drain()
     (got,) = tested.wait_for(1)
@@ -510,3 +521,25 @@ def test_a_reorder_mid_pass_takes_effect_after_the_next_claim(
     engine.drain()
     second.wait_for(4)
     assert len(first.received) <= 2 and len(first.received) + len(second.received) == 6
+
+
+def test_recipients_already_delivered_are_never_sent_again(
+    smtp_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine
+) -> None:
+    add_relay("primary", smtp_server)
+    smtp_server.reject_recipient("b@example.org", 450, "4.2.1 Mailbox busy")
+    smtp_server.reject_recipient("c@example.org", 450, "4.2.1 Mailbox busy")
+    queued = send(to=["a@example.org", "b@example.org", "c@example.org"])
+    engine.drain()
+    row = message(queued["id"])
+    assert row.status == "deferred" and row.pending_recipients == ["b@example.org", "c@example.org"]
+    make_due()
+    engine.drain()  # b and c are still busy: nothing changes, and a is not sent again
+    assert message(queued["id"]).pending_recipients == ["b@example.org", "c@example.org"]
+    smtp_server.reset()
+    make_due()
+    engine.drain()
+    received = smtp_server.wait_for(2)
+    assert [r.rcpt_tos for r in received] == [["a@example.org"], ["b@example.org", "c@example.org"]]
+    assert len({r.message_id for r in received}) == 1  # one message, delivered in two parts
+    assert message(queued["id"]).status == "sent"

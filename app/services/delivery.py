@@ -601,8 +601,9 @@ class DeliveryEngine:
     ) -> queue.Outcome:
         """Defer with backoff, or fail a message that has been trying for too long."""
         now = utcnow()
-        # Keep the recipients still owed only when some are done; None means all of them.
-        pending_list = pending if pending and len(pending) < len(message.recipients) else None
+        # The recipients still owed. Kept even when they are all of this pass's recipients:
+        # after an earlier partial delivery those are fewer than the message's.
+        pending_list = list(pending) if pending else None
         age = (now - message.created_at).total_seconds()
         if age >= self.settings.max_age_seconds:
             error = (
