@@ -11,7 +11,7 @@
     el.__rbPolling = true;
     function tick() {
       if (!document.body.contains(el) || !el.hasAttribute("data-poll")) return;
-      htmx.trigger(el, "poll");
+      if (!el.__rbDragging && !el.querySelector("[data-sortable].dragging")) htmx.trigger(el, "poll");
       setTimeout(tick, document.hidden ? ms * 5 : ms);
     }
     setTimeout(tick, document.hidden ? ms * 5 : ms);
@@ -25,7 +25,11 @@
     Sortable.create(el, {
       handle: ".drag-handle",
       animation: 120,
+      // A poll must not replace the rows while one is being dragged.
+      onStart: function () { el.__rbDragging = true; el.classList.add("dragging"); },
       onEnd: function () {
+        el.__rbDragging = false;
+        el.classList.remove("dragging");
         var form = document.getElementById(el.getAttribute("data-sortable-form"));
         var ids = Array.prototype.map.call(el.querySelectorAll("[data-id]"), function (row) {
           return row.getAttribute("data-id");
@@ -58,16 +62,21 @@
   }
 
   document.addEventListener("htmx:load", function (event) { scan(event.detail.elt); });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (target && (target.__rbDragging || (target.querySelector && target.querySelector("[data-sortable].dragging")))) {
+      event.detail.shouldSwap = false;  // a poll that lands mid-drag is dropped; the next one shows the new order
+    }
+  });
   document.addEventListener("DOMContentLoaded", function () { scan(document.body); });
 
   // Flash messages sent with fragments (HX-Trigger: {"flash": {...}}) join the page's list.
-  document.body && document.body.addEventListener("flash", function () {});
   document.addEventListener("flash", function (event) {
     var box = document.getElementById("flashes");
     if (!box || !event.detail) return;
     var note = document.createElement("article");
     note.className = "flash flash-" + (event.detail.category || "info");
-    note.setAttribute("role", "status");
+    note.setAttribute("role", event.detail.category === "error" ? "alert" : "status");
     note.textContent = event.detail.text || event.detail.value || "";
     box.replaceChildren(note);
   });

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from app import crypto
 from app.extensions import db
-from app.models import ApiKey
+from app.models import ApiKey, utcnow
 from app.services import api_keys
 
 
@@ -78,7 +79,9 @@ def test_a_new_key_is_shown_once_and_only_its_hash_is_stored(
 def test_a_bad_name_is_refused_beside_the_field(
     browser_client: FlaskClient, name: str, error: str
 ) -> None:
-    api_keys.create("taken")
+    taken, _ = api_keys.create("taken")
+    taken.created_at = utcnow() - timedelta(hours=1)
+    db.session.commit()
     response = create(browser_client, name)
     assert response.status_code == 200
     html = response.get_data(as_text=True)
@@ -87,6 +90,18 @@ def test_a_bad_name_is_refused_beside_the_field(
     assert 'aria-invalid="true"' in html and "new-api-key" not in html
     assert "The API key was not created" in html
     assert [k.name for k in api_keys.listing()] == ["taken"]
+
+
+def test_sending_the_create_form_again_says_the_key_was_shown_once(
+    browser_client: FlaskClient,
+) -> None:
+    first = create(browser_client, "shop-web")
+    assert first.status_code == 201
+    again = create(browser_client, "shop-web")  # a reload re-posts the form
+    assert again.status_code == 302
+    page = browser_client.get("/settings/").get_data(as_text=True)
+    assert "was just created and shown once" in page and "field-error" not in page
+    assert [k.name for k in api_keys.listing()] == ["shop-web"]
 
 
 def test_revoking_a_key_stops_it_authenticating(browser_client: FlaskClient) -> None:

@@ -68,3 +68,9 @@ def authenticate(key: str) -> int | None:
 _LIVE_KEY = select(ApiKey.id, ApiKey.last_used_at, ApiKey.key_hash).where(
     ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None)
 )
+
+
+def created_recently(name: str, seconds: float = 300) -> bool:
+    """Say whether a live key of that name was created in the last few minutes."""
+    row = db.session.scalar(select(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)))
+    return row is not None and (utcnow() - row.created_at).total_seconds() < seconds

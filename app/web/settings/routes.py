@@ -30,6 +30,14 @@ def create_key() -> Response:
         try:
             row, new_key = api_keys.create(form.name.data or "")
         except api_keys.ApiKeyError as exc:
+            if api_keys.created_recently(form.name.data or ""):
+                # Most likely this very form sent again by a reload: say so, not "error".
+                flash(
+                    f"The API key {form.name.data!r} was just created and shown once; it cannot "
+                    "be shown again. If it was not copied, revoke it and create another.",
+                    "warning",
+                )
+                return redirect(url_for("settings.index"))
             form.name.errors = [*form.name.errors, _sentence(str(exc))]
         else:
             flash(f"API key {row.name!r} created. Copy it now: it will not be shown again.")
