@@ -167,8 +167,9 @@ class Settings:
             command_timeout=_env_float(env, "RELAYBOARD_COMMAND_TIMEOUT", 60.0, minimum=0.05),
             attempt_deadline=_env_float(env, "RELAYBOARD_ATTEMPT_DEADLINE", 120.0, minimum=0.1),
             connect_patience=_env_float(env, "RELAYBOARD_CONNECT_PATIENCE", 2.0, minimum=0.01),
-            retry_base_seconds=_env_float(env, "RELAYBOARD_RETRY_BASE", 60.0, minimum=0.0),
-            retry_max_seconds=_env_float(env, "RELAYBOARD_RETRY_MAX", 3600.0, minimum=0.0),
+            # At least a second: a pass must never pick its own deferrals up again at once.
+            retry_base_seconds=_env_float(env, "RELAYBOARD_RETRY_BASE", 60.0, minimum=1.0),
+            retry_max_seconds=_env_float(env, "RELAYBOARD_RETRY_MAX", 3600.0, minimum=1.0),
             message_id_domain=env.get("RELAYBOARD_MESSAGE_ID_DOMAIN") or None,
             ca_file=ca_file,
             api_rate_limit=_env_rate(env, "RELAYBOARD_API_RATE_LIMIT", "6000 per minute"),

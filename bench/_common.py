@@ -171,9 +171,13 @@ def _serve(kind: str) -> None:
             command = line.strip()
             received = list(getattr(server, "received", []))
             if command == "stats":
-                reply({"received": len(received),
-                       "distinct": len({r.message_id for r in received}),
-                       "connections": server.connections})
+                reply(
+                    {
+                        "received": len(received),
+                        "distinct": len({r.message_id for r in received}),
+                        "connections": server.connections,
+                    }
+                )
             elif command == "ids":
                 reply([r.message_id for r in received])
             elif command == "reset":
@@ -219,7 +223,10 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self._proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", self.kind],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         self.port = int(self._read(60)["port"])
         return self
@@ -283,17 +290,23 @@ def source() -> dict[str, Any]:
         info["commit"] = marker.read_text().strip()
         return info
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "app"],
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "app"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return info
     info["commit"] = head
     if APP_ROOT == ROOT:
-        info["uncommitted_app_changes"] = sorted(
-            line[3:] for line in dirty if line.strip()
-        )
+        info["uncommitted_app_changes"] = sorted(line[3:] for line in dirty if line.strip())
     return info
 
 
@@ -319,8 +332,13 @@ def write_result(name: str, result: dict[str, Any], path: str | None = None) -> 
     """Write a benchmark's result as JSON (default bench/out/NAME.json) and return the path."""
     target = Path(path) if path else OUT_DIR / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    result = {"name": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "source": source(), **result}
+    result = {
+        "name": name,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "source": source(),
+        **result,
+    }
     target.write_text(json.dumps(result, indent=2, default=str))
     return target
 

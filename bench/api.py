@@ -89,8 +89,13 @@ class Gunicorn:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Gunicorn:
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            self.command,
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,10 +136,18 @@ def relayboard_setup(workdir: Path) -> tuple[dict[str, str], str]:
     # The per-key rate limit (6000/min by default) would answer most of the load with 429.
     env = {**os.environ, **relayboard_env(workdir, RELAYBOARD_API_RATE_LIMIT="off")}
     cli = [sys.executable, "-c", "from app.cli import main; main()"]
-    subprocess.run([*cli, "db", "upgrade"], env=env, cwd=APP_ROOT, check=True,
-                   capture_output=True, timeout=120)
-    out = subprocess.run([*cli, "api-keys", "create", "--name", "bench"], env=env,
-                         cwd=APP_ROOT, check=True, capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [*cli, "db", "upgrade"], env=env, cwd=APP_ROOT, check=True, capture_output=True, timeout=120
+    )
+    out = subprocess.run(
+        [*cli, "api-keys", "create", "--name", "bench"],
+        env=env,
+        cwd=APP_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return env, out.stdout.strip().splitlines()[-1].strip()
 
 
@@ -150,8 +163,16 @@ def run_wrk(port: int, headers: dict[str, str], seconds: float, workdir: Path) -
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{json.dumps(BODY)}]==]"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    command = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency",
-               "-s", str(script), f"http://{LOOPBACK}:{port}/api/send"]
+    command = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://{LOOPBACK}:{port}/api/send",
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
     latency = {
         q: _ms(v, u)
@@ -269,9 +290,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stored = count_messages(db_path) - before
             relayboard[-1]["stored"] = stored
             b, r = baseline[-1], relayboard[-1]
-            print(f"run {i + 1}/{runs}: bare {b['rate']:.0f} req/s, relayboard {r['rate']:.0f} "
-                  f"req/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"non-2xx {r['non_2xx']}, stored {stored}/{r['requests']})", flush=True)
+            print(
+                f"run {i + 1}/{runs}: bare {b['rate']:.0f} req/s, relayboard {r['rate']:.0f} "
+                f"req/s (p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"non-2xx {r['non_2xx']}, stored {stored}/{r['requests']})",
+                flush=True,
+            )
 
     base_rate = median(r["rate"] for r in baseline)
     rb_rate = median(r["rate"] for r in relayboard)
@@ -282,8 +306,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": WORKERS,
         "connections": CONNECTIONS,
         "tool": relayboard[0]["tool"],
-        "gunicorn": " ".join(Path(GUNICORN[0]).name if i == 0 else a
-                             for i, a in enumerate(GUNICORN)) + " -b 127.0.0.1:PORT",
+        "gunicorn": " ".join(
+            Path(GUNICORN[0]).name if i == 0 else a for i, a in enumerate(GUNICORN)
+        )
+        + " -b 127.0.0.1:PORT",
         "baseline_rate": base_rate,
         "relayboard_rate": rb_rate,
         "ratio": rb_rate / base_rate,
@@ -308,41 +334,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def render(r: dict[str, Any]) -> str:
     """Return the Markdown section for docs/benchmarks.md."""
-    return "\n".join([
-        "## POST /api/send (`bench/api.py`)",
-        "",
-        f"Both apps under `{r['gunicorn']} APP` (sync workers, gunicorn's defaults "
-        f"otherwise: no access log), one at a time; load by {r['tool']} with "
-        f"{r['connections']} connections for {r['seconds']:g} s per run after a 2 s warm-up, "
-        f"posting a ~1 KB JSON message (from, to, subject, text, html) with "
-        f"`Authorization: Bearer …`; median of {r['runs']} runs. Baseline: a bare Flask app "
-        "(`bench/bare_app.py`) whose one route calls `request.get_json()` and answers "
-        "202 `{\"id\": 1}`. Relayboard: `wsgi:app` on a temp SQLite database after "
-        "`relayboard db upgrade`, `RELAYBOARD_SCHEDULER=0`, `RELAYBOARD_LOG_LEVEL=WARNING`, "
-        "`RELAYBOARD_API_RATE_LIMIT=off` (the limiter still runs), "
-        "with a key from `relayboard api-keys create`; every 202 is a message stored durably "
-        "(validated, MIME-built, inserted with its event).",
-        "",
-        "| | req/s (median) | p50 | p90 | p99 |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| bare Flask | {r['baseline_rate']:.0f} | {r['baseline_p50_ms']:.1f} ms | | "
-        f"{r['baseline_p99_ms']:.1f} ms |",
-        f"| Relayboard | {r['relayboard_rate']:.0f} | {r['relayboard_p50_ms']:.1f} ms | "
-        f"{r['relayboard_p90_ms']:.1f} ms | {r['relayboard_p99_ms']:.1f} ms |",
-        "",
-        "| metric | result | target | |",
-        "| --- | ---: | ---: | --- |",
-        f"| Relayboard / bare Flask, req/s | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
-        f"{verdict(r['pass_ratio'])} |",
-        f"| Relayboard p99 latency | {r['relayboard_p99_ms']:.1f} ms | "
-        f"< {r['target_p99_ms']:.0f} ms | {verdict(r['pass_p99'])} |",
-        f"| non-2xx responses (all runs) | {r['errors']} | 0 | {verdict(r['errors'] == 0)} |",
-        "",
-        "Per run (req/s, bare → Relayboard): "
-        + ", ".join(f"{b['rate']:.0f} → {x['rate']:.0f}"
-                    for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True))
-        + ".",
-    ])
+    return "\n".join(
+        [
+            "## POST /api/send (`bench/api.py`)",
+            "",
+            f"Both apps under `{r['gunicorn']} APP` (sync workers, gunicorn's defaults "
+            f"otherwise: no access log), one at a time; load by {r['tool']} with "
+            f"{r['connections']} connections for {r['seconds']:g} s per run after a 2 s warm-up, "
+            f"posting a ~1 KB JSON message (from, to, subject, text, html) with "
+            f"`Authorization: Bearer …`; median of {r['runs']} runs. Baseline: a bare Flask app "
+            "(`bench/bare_app.py`) whose one route calls `request.get_json()` and answers "
+            '202 `{"id": 1}`. Relayboard: `wsgi:app` on a temp SQLite database after '
+            "`relayboard db upgrade`, `RELAYBOARD_SCHEDULER=0`, `RELAYBOARD_LOG_LEVEL=WARNING`, "
+            "`RELAYBOARD_API_RATE_LIMIT=off` (the limiter still runs), "
+            "with a key from `relayboard api-keys create`; every 202 is a message stored durably "
+            "(validated, MIME-built, inserted with its event).",
+            "",
+            "| | req/s (median) | p50 | p90 | p99 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| bare Flask | {r['baseline_rate']:.0f} | {r['baseline_p50_ms']:.1f} ms | | "
+            f"{r['baseline_p99_ms']:.1f} ms |",
+            f"| Relayboard | {r['relayboard_rate']:.0f} | {r['relayboard_p50_ms']:.1f} ms | "
+            f"{r['relayboard_p90_ms']:.1f} ms | {r['relayboard_p99_ms']:.1f} ms |",
+            "",
+            "| metric | result | target | |",
+            "| --- | ---: | ---: | --- |",
+            f"| Relayboard / bare Flask, req/s | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
+            f"{verdict(r['pass_ratio'])} |",
+            f"| Relayboard p99 latency | {r['relayboard_p99_ms']:.1f} ms | "
+            f"< {r['target_p99_ms']:.0f} ms | {verdict(r['pass_p99'])} |",
+            f"| non-2xx responses (all runs) | {r['errors']} | 0 | {verdict(r['errors'] == 0)} |",
+            "",
+            "Per run (req/s, bare → Relayboard): "
+            + ", ".join(
+                f"{b['rate']:.0f} → {x['rate']:.0f}"
+                for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True)
+            )
+            + ".",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,13 @@ def run_baseline(sink: ServerProcess, count: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     check = _check_sink(sink, expected)
-    return {"sent": sent, "seconds": seconds, "rate": sent / seconds,
-            "cpu_us_per_msg": cpu / max(sent, 1) * 1e6, **check}
+    return {
+        "sent": sent,
+        "seconds": seconds,
+        "rate": sent / seconds,
+        "cpu_us_per_msg": cpu / max(sent, 1) * 1e6,
+        **check,
+    }
 
 
 # --------------------------------------------------------------------------- relayboard
@@ -116,8 +121,13 @@ def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> di
     with tempdir("drain") as tmp:
         app = make_app(Path(tmp))
         with app.app_context():
-            relays.create(name="sink", host=sink.host, port=sink.port, security="none",
-                          max_per_connection=100_000)
+            relays.create(
+                name="sink",
+                host=sink.host,
+                port=sink.port,
+                security="none",
+                max_per_connection=100_000,
+            )
             expected = {queue.enqueue(build(i)).message_id for i in range(count)}
             engine_class = _profiled_engine_class() if profile else DeliveryEngine
             engine = engine_class(db.engine, settings_of(app))
@@ -138,11 +148,18 @@ def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> di
             db.engine.dispose()
     check = _check_sink(sink, expected)
     sent = max(report.sent, 1)
-    result = {"sent": report.sent, "claimed": report.claimed, "deferred": report.deferred,
-              "failed": report.failed, "seconds": seconds, "rate": report.sent / seconds,
-              "cpu_us_per_msg": cpu / sent * 1e6,
-              "loop_cpu_us_per_msg": loop_cpu / sent * 1e6,
-              "db_cpu_us_per_msg": (cpu - loop_cpu) / sent * 1e6, **check}
+    result = {
+        "sent": report.sent,
+        "claimed": report.claimed,
+        "deferred": report.deferred,
+        "failed": report.failed,
+        "seconds": seconds,
+        "rate": report.sent / seconds,
+        "cpu_us_per_msg": cpu / sent * 1e6,
+        "loop_cpu_us_per_msg": loop_cpu / sent * 1e6,
+        "db_cpu_us_per_msg": (cpu - loop_cpu) / sent * 1e6,
+        **check,
+    }
     if profiler:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
@@ -173,8 +190,14 @@ def _label(func: tuple[str, int, str]) -> str:
 def _hot_spots(stats: pstats.Stats, sent: int) -> dict[str, list[dict[str, Any]]]:
     """Return the top functions by own time, and Relayboard's own functions by total time."""
     rows = [
-        {"function": _label(func), "calls": nc, "own_s": tt, "total_s": ct,
-         "calls_per_msg": nc / max(sent, 1), "app": "/app/" in func[0]}
+        {
+            "function": _label(func),
+            "calls": nc,
+            "own_s": tt,
+            "total_s": ct,
+            "calls_per_msg": nc / max(sent, 1),
+            "app": "/app/" in func[0],
+        }
         for func, (_cc, nc, tt, ct, _callers) in stats.stats.items()
     ]
     own = sorted(rows, key=lambda r: r["own_s"], reverse=True)[:12]
@@ -200,8 +223,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--profile", action="store_true",
-                        help="cProfile one extra Relayboard drain and print the hot spots")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile one extra Relayboard drain and print the hot spots",
+    )
     parser.add_argument("--json", help="where to write the result (default bench/out/drain.json)")
     args = parser.parse_args(argv)
     count = max(1, min(args.messages, 100_000))
@@ -217,9 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             busy_before.append(wait_for_quiet(limit=30))
             baseline.append(run_baseline(sink, count))
             relayboard.append(run_relayboard(sink, count))
-            print(f"run {i + 1}/{runs}: baseline {baseline[-1]['rate']:.0f} msg/s, "
-                  f"relayboard {relayboard[-1]['rate']:.0f} msg/s "
-                  f"(exact: {baseline[-1]['exact']}/{relayboard[-1]['exact']})", flush=True)
+            print(
+                f"run {i + 1}/{runs}: baseline {baseline[-1]['rate']:.0f} msg/s, "
+                f"relayboard {relayboard[-1]['rate']:.0f} msg/s "
+                f"(exact: {baseline[-1]['exact']}/{relayboard[-1]['exact']})",
+                flush=True,
+            )
         profiled = run_relayboard(sink, count, profile=True) if args.profile else None
         sink_cpu = sink.cpu_seconds()
 
@@ -247,8 +276,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "relayboard_runs": relayboard,
     }
     if profiled:
-        result["profile"] = {"rate": profiled["rate"], "seconds": profiled["seconds"],
-                             "hot": profiled["hot"], "db_hot": profiled["db_hot"]}
+        result["profile"] = {
+            "rate": profiled["rate"],
+            "seconds": profiled["seconds"],
+            "hot": profiled["hot"],
+            "db_hot": profiled["db_hot"],
+        }
     path = write_result("drain", result, args.json)
     print(render(result))
     if profiled:
@@ -259,40 +292,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def render(r: dict[str, Any]) -> str:
     """Return the Markdown section for docs/benchmarks.md."""
-    return "\n".join([
-        "## Drain throughput (`bench/drain.py`)",
-        "",
-        f"{r['messages']} messages of ~2 KB (text + html) to one aiosmtpd sink on 127.0.0.1 "
-        f"in a separate process; {r['connections']} reused connections on both sides; "
-        f"median of {r['runs']} runs, each running the baseline and then Relayboard. "
-        "Baseline: 8 asyncio tasks, each one `aiosmtplib.SMTP` connection calling `sendmail` "
-        "with prebuilt messages. Relayboard: temp SQLite queue filled with `queue.enqueue` "
-        "(not timed), one relay (security none, max_per_connection 100000), "
-        "`RELAYBOARD_SESSIONS_PER_RELAY=8`, timing `DeliveryEngine(db.engine, settings).drain()`. "
-        "Client CPU is the measured process's CPU time per message (the sink's is not included).",
-        "",
-        "| | msg/s (median) | client CPU µs/msg | sink got exactly the expected Message-IDs |",
-        "| --- | ---: | ---: | --- |",
-        f"| bare aiosmtplib, 8 connections | {r['baseline_rate']:.0f} | "
-        f"{r['baseline_cpu_us_per_msg']:.0f} | "
-        f"{'yes' if all(x['exact'] for x in r['baseline_runs']) else 'NO'} |",
-        f"| Relayboard drain | {r['relayboard_rate']:.0f} | "
-        f"{r['relayboard_cpu_us_per_msg']:.0f} (event loop "
-        f"{r.get('relayboard_loop_cpu_us_per_msg', float('nan')):.0f}, database thread "
-        f"{r.get('relayboard_db_cpu_us_per_msg', float('nan')):.0f}) | "
-        f"{'yes' if all(x['exact'] for x in r['relayboard_runs']) else 'NO'} |",
-        "",
-        "| metric | result | target | |",
-        "| --- | ---: | ---: | --- |",
-        f"| Relayboard / baseline | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
-        f"{verdict(r['pass'])} |",
-        "",
-        "Per run (msg/s, baseline → Relayboard): "
-        + ", ".join(f"{b['rate']:.0f} → {x['rate']:.0f}"
-                    for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True))
-        + ".",
-        *_render_profile(r),
-    ])
+    return "\n".join(
+        [
+            "## Drain throughput (`bench/drain.py`)",
+            "",
+            f"{r['messages']} messages of ~2 KB (text + html) to one aiosmtpd sink on 127.0.0.1 "
+            f"in a separate process; {r['connections']} reused connections on both sides; "
+            f"median of {r['runs']} runs, each running the baseline and then Relayboard. "
+            "Baseline: 8 asyncio tasks, each one `aiosmtplib.SMTP` connection calling `sendmail` "
+            "with prebuilt messages. Relayboard: temp SQLite queue filled with `queue.enqueue` "
+            "(not timed), one relay (security none, max_per_connection 100000), "
+            "`RELAYBOARD_SESSIONS_PER_RELAY=8`, timing "
+            "`DeliveryEngine(db.engine, settings).drain()`. Client CPU is the measured "
+            "process's CPU time per message (the sink's is not included).",
+            "",
+            "| | msg/s (median) | client CPU µs/msg | sink got exactly the expected Message-IDs |",
+            "| --- | ---: | ---: | --- |",
+            f"| bare aiosmtplib, 8 connections | {r['baseline_rate']:.0f} | "
+            f"{r['baseline_cpu_us_per_msg']:.0f} | "
+            f"{'yes' if all(x['exact'] for x in r['baseline_runs']) else 'NO'} |",
+            f"| Relayboard drain | {r['relayboard_rate']:.0f} | "
+            f"{r['relayboard_cpu_us_per_msg']:.0f} (event loop "
+            f"{r.get('relayboard_loop_cpu_us_per_msg', float('nan')):.0f}, database thread "
+            f"{r.get('relayboard_db_cpu_us_per_msg', float('nan')):.0f}) | "
+            f"{'yes' if all(x['exact'] for x in r['relayboard_runs']) else 'NO'} |",
+            "",
+            "| metric | result | target | |",
+            "| --- | ---: | ---: | --- |",
+            f"| Relayboard / baseline | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
+            f"{verdict(r['pass'])} |",
+            "",
+            "Per run (msg/s, baseline → Relayboard): "
+            + ", ".join(
+                f"{b['rate']:.0f} → {x['rate']:.0f}"
+                for b, x in zip(r["baseline_runs"], r["relayboard_runs"], strict=True)
+            )
+            + ".",
+            *_render_profile(r),
+        ]
+    )
 
 
 def _render_profile(r: dict[str, Any]) -> list[str]:
@@ -314,8 +352,10 @@ def _render_profile(r: dict[str, Any]) -> list[str]:
         sections.append(("database", profile["db_hot"]["own"][:8]))
     for thread, rows in sections:
         for row in rows:
-            lines.append(f"| {thread} | `{row['function']}` | {row['calls_per_msg']:.2f} | "
-                         f"{row['total_s']:.2f} | {row['own_s']:.2f} |")
+            lines.append(
+                f"| {thread} | `{row['function']}` | {row['calls_per_msg']:.2f} | "
+                f"{row['total_s']:.2f} | {row['own_s']:.2f} |"
+            )
     return lines
 
 

@@ -84,8 +84,9 @@ def _passes_until_open(engine: Any, start: int, limit: int = 6) -> dict[str, Any
     return {"passes": extra, "primary_attempts": attempts, "state": state}
 
 
-def scenario(primary: Any | None, sink: ServerProcess, count: int, follow_up: bool = False,
-             **overrides: str) -> dict[str, Any]:
+def scenario(
+    primary: Any | None, sink: ServerProcess, count: int, follow_up: bool = False, **overrides: str
+) -> dict[str, Any]:
     """Drain `count` messages through [primary,] backup once; return what happened."""
     from sqlalchemy import func, select
 
@@ -98,10 +99,21 @@ def scenario(primary: Any | None, sink: ServerProcess, count: int, follow_up: bo
         app = make_app(Path(tmp), **overrides)
         with app.app_context():
             if primary is not None:
-                relays.create(name="primary", host=primary.host, port=primary.port,
-                              security="none", priority=10)
-            relays.create(name="backup", host=sink.host, port=sink.port, security="none",
-                          priority=20, max_per_connection=100_000)
+                relays.create(
+                    name="primary",
+                    host=primary.host,
+                    port=primary.port,
+                    security="none",
+                    priority=10,
+                )
+            relays.create(
+                name="backup",
+                host=sink.host,
+                port=sink.port,
+                security="none",
+                priority=20,
+                max_per_connection=100_000,
+            )
             expected = {queue.enqueue(build(i)).message_id for i in range(count)}
             engine = _timed_engine_class()(db.engine, settings_of(app))
             engine.marks = {}
@@ -111,13 +123,18 @@ def scenario(primary: Any | None, sink: ServerProcess, count: int, follow_up: bo
             started = time.perf_counter()
             report = drain_bounded(engine, RUN_DEADLINE)
             seconds = time.perf_counter() - started
-            primary_durations = list(db.session.scalars(
-                select(Attempt.duration_ms).where(Attempt.relay_name == "primary")
-            ))
-            primary_outcomes = dict(db.session.execute(
-                select(Attempt.outcome, func.count()).where(Attempt.relay_name == "primary")
-                .group_by(Attempt.outcome)
-            ).all())
+            primary_durations = list(
+                db.session.scalars(
+                    select(Attempt.duration_ms).where(Attempt.relay_name == "primary")
+                )
+            )
+            primary_outcomes = dict(
+                db.session.execute(
+                    select(Attempt.outcome, func.count())
+                    .where(Attempt.relay_name == "primary")
+                    .group_by(Attempt.outcome)
+                ).all()
+            )
             failovers = db.session.scalar(
                 select(func.count()).select_from(Event).where(Event.type == "failover")
             )
@@ -178,18 +195,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for i in range(runs):
             control.append(scenario(None, sink, REFUSING_MESSAGES))
             refusing.append(scenario(RefusingServer(), sink, REFUSING_MESSAGES, follow_up=True))
-            print(f"refusing run {i + 1}/{runs}: {refusing[-1]['seconds']:.2f} s "
-                  f"(control {control[-1]['seconds']:.2f} s), added median "
-                  f"{refusing[-1]['added_ms_median']:.2f} ms max {refusing[-1]['added_ms_max']:.1f}"
-                  f" ms, primary attempts {refusing[-1]['primary_attempts']}", flush=True)
+            print(
+                f"refusing run {i + 1}/{runs}: {refusing[-1]['seconds']:.2f} s "
+                f"(control {control[-1]['seconds']:.2f} s), added median "
+                f"{refusing[-1]['added_ms_median']:.2f} ms max {refusing[-1]['added_ms_max']:.1f}"
+                f" ms, primary attempts {refusing[-1]['primary_attempts']}",
+                flush=True,
+            )
         with ServerProcess("hanging") as hang:
             for i in range(runs):
-                hanging.append(scenario(hang, sink, HANGING_MESSAGES,
-                                        RELAYBOARD_CONNECT_TIMEOUT=f"{CONNECT_TIMEOUT:g}"))
+                hanging.append(
+                    scenario(
+                        hang,
+                        sink,
+                        HANGING_MESSAGES,
+                        RELAYBOARD_CONNECT_TIMEOUT=f"{CONNECT_TIMEOUT:g}",
+                    )
+                )
                 h = hanging[-1]
-                print(f"hanging run {i + 1}/{runs}: {h['sent']} sent in {h['seconds']:.2f} s, "
-                      f"{h['primary_connections']} connection(s) to the hanging relay, "
-                      f"{h['timeout_waits']} timeout wait(s)", flush=True)
+                print(
+                    f"hanging run {i + 1}/{runs}: {h['sent']} sent in {h['seconds']:.2f} s, "
+                    f"{h['primary_connections']} connection(s) to the hanging relay, "
+                    f"{h['timeout_waits']} timeout wait(s)",
+                    flush=True,
+                )
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return median(r[key] for r in rows)
@@ -207,8 +236,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "control_seconds": med(control, "seconds"),
             "primary_attempts": med(refusing, "primary_attempts"),
             "messages_tried_primary": med(refusing, "messages_tried_primary"),
-            "all_sent": all(r["sent"] == REFUSING_MESSAGES and r["exact"]
-                            for r in refusing + control),
+            "all_sent": all(
+                r["sent"] == REFUSING_MESSAGES and r["exact"] for r in refusing + control
+            ),
             "circuit_after": [r["primary_circuit_after"] for r in refusing],
             "until_open": [r["until_open"] for r in refusing],
             "target_ms": TARGET_ADDED_MS,
@@ -242,50 +272,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def render(r: dict[str, Any]) -> str:
     """Return the Markdown section for docs/benchmarks.md."""
     a, h = r["refusing"], r["hanging"]
-    return "\n".join([
-        "## Failover (`bench/failover.py`)",
-        "",
-        f"Median of {r['runs']} runs. Relays: `primary` (priority 10) and `backup` "
-        "(priority 20, an aiosmtpd sink on 127.0.0.1 in a separate process). The added delay "
-        "of a message is the time from the start of its delivery to the start of its attempt "
-        "on the backup (a subclass of DeliveryEngine notes both; the app is unchanged); the "
-        "control run has no primary at all.",
-        "",
-        f"### (a) Primary refuses connections, {a['messages']} messages, one drain",
-        "",
-        "| metric | primary refusing | control (no primary) | target | |",
-        "| --- | ---: | ---: | ---: | --- |",
-        f"| added delay per message, median | {a['added_ms_median']:.2f} ms | "
-        f"{a['control_added_ms_median']:.2f} ms | | |",
-        f"| added delay per message, max | {a['added_ms_max']:.1f} ms | "
-        f"{a['control_added_ms_max']:.1f} ms | < {a['target_ms']:.0f} ms | {verdict(a['pass'])} |",
-        f"| drain time | {a['seconds']:.2f} s | {a['control_seconds']:.2f} s | | |",
-        f"| messages that attempted the primary (attempt rows) | {a['primary_attempts']:.0f} | – "
-        "| | |",
-        f"| all delivered once, exact Message-IDs | {'yes' if a['all_sent'] else 'NO'} | | | |",
-        "",
-        f"Primary's circuit after the drain: {', '.join(sorted(set(a['circuit_after'])))}. "
-        "The pool marks a relay down for the rest of the pass after one failed connect, so "
-        "the other messages skip it without an attempt (a failover event each). "
-        + _until_open(a["until_open"]),
-        "",
-        f"### (b) Primary accepts and never greets, {h['messages']} messages, "
-        f"connect timeout {h['connect_timeout']:g} s, one drain",
-        "",
-        "| metric | result | target | |",
-        "| --- | ---: | ---: | --- |",
-        f"| time to deliver all {h['messages']} | {h['seconds']:.2f} s | | |",
-        f"| connections the hanging relay received | {h['primary_connections']:.0f} | | |",
-        f"| messages that waited for a timeout (worst run) | {h['timeout_waits_worst']} | "
-        f"≤ {h['target_timeout_waits']} | {verdict(h['pass'])} |",
-        f"| added delay per message, median / max | {h['added_ms_median']:.1f} / "
-        f"{h['added_ms_max']:.0f} ms | | |",
-        f"| all delivered once, exact Message-IDs | {'yes' if h['all_sent'] else 'NO'} | | |",
-        f"| Postfix, for comparison (quoted, not measured here) | {h['postfix_quoted']} for "
-        f"{h['messages']} messages past such a relay | | |",
-        "",
-        f"Primary's circuit after the drain: {', '.join(sorted(set(h['circuit_after'])))}.",
-    ])
+    return "\n".join(
+        [
+            "## Failover (`bench/failover.py`)",
+            "",
+            f"Median of {r['runs']} runs. Relays: `primary` (priority 10) and `backup` "
+            "(priority 20, an aiosmtpd sink on 127.0.0.1 in a separate process). The added delay "
+            "of a message is the time from the start of its delivery to the start of its attempt "
+            "on the backup (a subclass of DeliveryEngine notes both; the app is unchanged); the "
+            "control run has no primary at all.",
+            "",
+            f"### (a) Primary refuses connections, {a['messages']} messages, one drain",
+            "",
+            "| metric | primary refusing | control (no primary) | target | |",
+            "| --- | ---: | ---: | ---: | --- |",
+            f"| added delay per message, median | {a['added_ms_median']:.2f} ms | "
+            f"{a['control_added_ms_median']:.2f} ms | | |",
+            f"| added delay per message, max | {a['added_ms_max']:.1f} ms | "
+            f"{a['control_added_ms_max']:.1f} ms | < {a['target_ms']:.0f} ms "
+            f"| {verdict(a['pass'])} |",
+            f"| drain time | {a['seconds']:.2f} s | {a['control_seconds']:.2f} s | | |",
+            "| messages that attempted the primary (attempt rows) | "
+            f"{a['primary_attempts']:.0f} | – | | |",
+            f"| all delivered once, exact Message-IDs | {'yes' if a['all_sent'] else 'NO'} | | | |",
+            "",
+            f"Primary's circuit after the drain: {', '.join(sorted(set(a['circuit_after'])))}. "
+            "The pool marks a relay down for the rest of the pass after one failed connect, so "
+            "the other messages skip it without an attempt (a failover event each). "
+            + _until_open(a["until_open"]),
+            "",
+            f"### (b) Primary accepts and never greets, {h['messages']} messages, "
+            f"connect timeout {h['connect_timeout']:g} s, one drain",
+            "",
+            "| metric | result | target | |",
+            "| --- | ---: | ---: | --- |",
+            f"| time to deliver all {h['messages']} | {h['seconds']:.2f} s | | |",
+            f"| connections the hanging relay received | {h['primary_connections']:.0f} | | |",
+            f"| messages that waited for a timeout (worst run) | {h['timeout_waits_worst']} | "
+            f"≤ {h['target_timeout_waits']} | {verdict(h['pass'])} |",
+            f"| added delay per message, median / max | {h['added_ms_median']:.1f} / "
+            f"{h['added_ms_max']:.0f} ms | | |",
+            f"| all delivered once, exact Message-IDs | {'yes' if h['all_sent'] else 'NO'} | | |",
+            f"| Postfix, for comparison (quoted, not measured here) | {h['postfix_quoted']} for "
+            f"{h['messages']} messages past such a relay | | |",
+            "",
+            f"Primary's circuit after the drain: {', '.join(sorted(set(h['circuit_after'])))}.",
+        ]
+    )
 
 
 def _until_open(rows: list[dict[str, Any] | None]) -> str:
@@ -294,11 +327,15 @@ def _until_open(rows: list[dict[str, Any] | None]) -> str:
         return ""
     r = rows[len(rows) // 2]
     if r["state"] != "open":
-        return (f"Draining 10 more messages a pass, the circuit was still {r['state']} after "
-                f"{r['passes']} passes.")
-    return (f"Draining 10 more messages a pass, the circuit opened after pass {r['passes']} "
-            f"(counting the first), when {r['primary_attempts']} message(s) in all had "
-            "attempted the primary.")
+        return (
+            f"Draining 10 more messages a pass, the circuit was still {r['state']} after "
+            f"{r['passes']} passes."
+        )
+    return (
+        f"Draining 10 more messages a pass, the circuit opened after pass {r['passes']} "
+        f"(counting the first), when {r['primary_attempts']} message(s) in all had "
+        "attempted the primary."
+    )
 
 
 if __name__ == "__main__":

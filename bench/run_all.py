@@ -30,8 +30,12 @@ from _common import OUT_DIR, ROOT, machine, source, wait_for_quiet
 DOC = ROOT / "docs" / "benchmarks.md"
 BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
     # name: (module, full arguments, --quick arguments, time limit in seconds)
-    "drain": (drain, ["--messages", "5000", "--runs", "5", "--profile"],
-              ["--messages", "1000", "--runs", "1", "--profile"], 1800),
+    "drain": (
+        drain,
+        ["--messages", "5000", "--runs", "5", "--profile"],
+        ["--messages", "1000", "--runs", "1", "--profile"],
+        1800,
+    ),
     "api": (api, ["--seconds", "10", "--runs", "3"], ["--seconds", "3", "--runs", "1"], 900),
     "failover": (failover, ["--runs", "3"], ["--runs", "1"], 900),
 }
@@ -39,10 +43,17 @@ BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
 
 def export(rev: str, target: Path) -> str:
     """Export `rev`'s app, migrations, tests and wsgi.py to `target`; return its short hash."""
-    short = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
-                           capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", short, "app", "migrations",
-                              "tests", "wsgi.py"], check=True, capture_output=True).stdout
+    short = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", short, "app", "migrations", "tests", "wsgi.py"],
+        check=True,
+        capture_output=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     (target / ".bench-commit").write_text(short + "\n")
     return short
@@ -53,16 +64,20 @@ def run(name: str, quick: bool, env: dict[str, str]) -> dict[str, Any] | str:
     _module, full, short, limit = BENCHES[name]
     out = OUT_DIR / f"{name}.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(ROOT / "bench" / f"{name}.py"), *(short if quick else full),
-               "--json", str(out)]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / f"{name}.py"),
+        *(short if quick else full),
+        "--json",
+        str(out),
+    ]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     started = time.monotonic()
     try:
         done = subprocess.run(command, cwd=ROOT, timeout=limit, env=env)
     except subprocess.TimeoutExpired:
         return f"did not finish within {limit:.0f} s"
-    print(f"== {name}: exit {done.returncode} after {time.monotonic() - started:.0f} s",
-          flush=True)
+    print(f"== {name}: exit {done.returncode} after {time.monotonic() - started:.0f} s", flush=True)
     if done.returncode != 0 or not out.exists():
         return f"exited with status {done.returncode}"
     result: dict[str, Any] = json.loads(out.read_text())
@@ -77,28 +92,40 @@ def summary_rows(results: dict[str, dict[str, Any] | str]) -> list[str]:
 
     d = results.get("drain")
     if isinstance(d, dict):
-        rows.append(f"| drain | Relayboard / bare aiosmtplib, msg/s | {d['ratio']:.2f} "
-                    f"({d['relayboard_rate']:.0f} / {d['baseline_rate']:.0f}) | "
-                    f"≥ {d['target_ratio']:.2f} | {ok(d['pass'])} |")
+        rows.append(
+            f"| drain | Relayboard / bare aiosmtplib, msg/s | {d['ratio']:.2f} "
+            f"({d['relayboard_rate']:.0f} / {d['baseline_rate']:.0f}) | "
+            f"≥ {d['target_ratio']:.2f} | {ok(d['pass'])} |"
+        )
     a = results.get("api")
     if isinstance(a, dict):
-        rows.append(f"| api | Relayboard / bare Flask, req/s | {a['ratio']:.2f} "
-                    f"({a['relayboard_rate']:.0f} / {a['baseline_rate']:.0f}) | "
-                    f"≥ {a['target_ratio']:.2f} | {ok(a['pass_ratio'])} |")
-        rows.append(f"| api | Relayboard p99 latency | {a['relayboard_p99_ms']:.1f} ms | "
-                    f"< {a['target_p99_ms']:.0f} ms | {ok(a['pass_p99'])} |")
+        rows.append(
+            f"| api | Relayboard / bare Flask, req/s | {a['ratio']:.2f} "
+            f"({a['relayboard_rate']:.0f} / {a['baseline_rate']:.0f}) | "
+            f"≥ {a['target_ratio']:.2f} | {ok(a['pass_ratio'])} |"
+        )
+        rows.append(
+            f"| api | Relayboard p99 latency | {a['relayboard_p99_ms']:.1f} ms | "
+            f"< {a['target_p99_ms']:.0f} ms | {ok(a['pass_p99'])} |"
+        )
     f = results.get("failover")
     if isinstance(f, dict):
         r, h = f["refusing"], f["hanging"]
-        rows.append(f"| failover (a) | added delay per message, max (median "
-                    f"{r['added_ms_median']:.1f} ms) | {r['added_ms_max']:.1f} ms | "
-                    f"< {r['target_ms']:.0f} ms | "
-                    f"{ok(r['pass'])} |")
-        rows.append(f"| failover (b) | messages that waited for a connect timeout | "
-                    f"{h['timeout_waits_worst']} | ≤ {h['target_timeout_waits']} | "
-                    f"{ok(h['pass'])} |")
-        rows.append(f"| failover (b) | time to deliver {h['messages']} past a hanging relay | "
-                    f"{h['seconds']:.1f} s | (Postfix: {h['postfix_quoted']}, quoted) | |")
+        rows.append(
+            f"| failover (a) | added delay per message, max (median "
+            f"{r['added_ms_median']:.1f} ms) | {r['added_ms_max']:.1f} ms | "
+            f"< {r['target_ms']:.0f} ms | "
+            f"{ok(r['pass'])} |"
+        )
+        rows.append(
+            f"| failover (b) | messages that waited for a connect timeout | "
+            f"{h['timeout_waits_worst']} | ≤ {h['target_timeout_waits']} | "
+            f"{ok(h['pass'])} |"
+        )
+        rows.append(
+            f"| failover (b) | time to deliver {h['messages']} past a hanging relay | "
+            f"{h['seconds']:.1f} s | (Postfix: {h['postfix_quoted']}, quoted) | |"
+        )
     for name, value in results.items():
         if isinstance(value, str):
             rows.append(f"| {name} | did not run: {value} | | | **FAIL** |")
@@ -111,8 +138,15 @@ def render(results: dict[str, dict[str, Any] | str], busy: float, quick: bool) -
     src = first["source"] if first else source()
     date = first["date"] if first else time.strftime("%Y-%m-%d")
     changed = src.get("uncommitted_app_changes") or []
-    worst = max((b for r in results.values() if isinstance(r, dict)
-                 for b in r.get("cpu_busy_before_runs", [])), default=busy)
+    worst = max(
+        (
+            b
+            for r in results.values()
+            if isinstance(r, dict)
+            for b in r.get("cpu_busy_before_runs", [])
+        ),
+        default=busy,
+    )
     code = f"commit {src.get('commit', '?')}"
     if changed:
         code += " plus uncommitted changes to " + ", ".join(f"`{c}`" for c in changed)

@@ -589,4 +589,3 @@ class TestDeliveryLogs:
         assert changes == ["queued", "sent"]
         for line in lines:
             assert BODY_MARKER not in line and PASSWORD not in line
-

@@ -354,7 +354,7 @@ def test_a_reply_lost_after_the_final_dot_is_an_unknown_outcome(
     queued = send()
     engine.drain()
     row = message(queued["id"])
-    # Not failed over (the relay may have it), not a breaker failure: retried later, same Message-ID.
+    # Not failed over (the relay may have it), not a breaker failure: retried, same Message-ID.
     assert row.status == "deferred" and "outcome unknown" in (row.last_error or "")
     assert backup.received == []
     assert [a.outcome for a in attempts(row.id)] == ["unknown"]

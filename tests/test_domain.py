@@ -149,7 +149,9 @@ def test_the_breaker_never_closes_from_open_without_a_trial(outcomes: list[bool]
     ("attempt", "low", "high"),
     [(1, 30, 60), (2, 60, 120), (3, 120, 240), (7, 1800, 3600), (30, 1800, 3600)],
 )
-def test_backoff_is_exponential_with_jitter_and_capped(attempt: int, low: float, high: float) -> None:
+def test_backoff_is_exponential_with_jitter_and_capped(
+    attempt: int, low: float, high: float
+) -> None:
     policy = RetryPolicy(base_seconds=60, max_seconds=3600)
     rng = random.Random(7)
     delays = [policy.delay(attempt, rng) for _ in range(200)]

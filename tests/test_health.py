@@ -185,10 +185,16 @@ def test_scheduled_checks_probe_enabled_relays_once_per_lease(
 
 def test_old_health_results_are_pruned(app: Any, add_relay: Any, smtp_server: Any) -> None:
     relay = add_relay("primary", smtp_server)
-    db.session.add_all([
-        HealthCheck(relay_id=relay.id, at=utcnow() - timedelta(days=40), ok=True, response_ms=1.0),
-        HealthCheck(relay_id=relay.id, at=utcnow() - timedelta(days=1), ok=True, response_ms=1.0),
-    ])
+    db.session.add_all(
+        [
+            HealthCheck(
+                relay_id=relay.id, at=utcnow() - timedelta(days=40), ok=True, response_ms=1.0
+            ),
+            HealthCheck(
+                relay_id=relay.id, at=utcnow() - timedelta(days=1), ok=True, response_ms=1.0
+            ),
+        ]
+    )
     db.session.commit()
     assert health.prune(days=30) == 1
     assert db.session.scalar(select(func.count()).select_from(HealthCheck)) == 1

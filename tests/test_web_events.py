@@ -103,9 +103,13 @@ def test_filters_by_relay_and_time(browser_client: FlaskClient, failover: int) -
         assert (
             len(rows(browser_client.get(f"/events/?group=failovers&relay={pk}").data.decode())) == 1
         )
-    on_backup = rows(browser_client.get(f"/events/?group=all&relay={backup}").get_data(as_text=True))
+    on_backup = rows(
+        browser_client.get(f"/events/?group=all&relay={backup}").get_data(as_text=True)
+    )
     assert {r.split(" | ")[1] for r in on_backup} == {"health", "failover", "sent"}
-    on_primary = rows(browser_client.get(f"/events/?group=all&relay={primary}").get_data(as_text=True))
+    on_primary = rows(
+        browser_client.get(f"/events/?group=all&relay={primary}").get_data(as_text=True)
+    )
     assert {r.split(" | ")[1] for r in on_primary} == {"failover", "circuit open"}
     # Move everything but the health check a day back.
     for event in db.session.scalars(select(Event)):

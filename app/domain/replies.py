@@ -17,6 +17,7 @@ class Action(StrEnum):
     FAILOVER = "failover"  # server-level: try the next relay now; a breaker failure
     THROTTLED = "throttled"  # cool the server down, fail over, retry later
     AUTH_FAILED = "auth_failed"  # open the circuit at once, alert, fail over
+    UNSUPPORTED = "unsupported"  # the relay lacks a capability the message needs: next relay
     RETRY = "retry"  # this message on this server: back off and retry
     REJECT = "reject"  # permanent for the recipient(s): no failover
     UNKNOWN = "unknown"  # reply lost after the final dot: the relay may have it
@@ -46,7 +47,12 @@ class Verdict:
     @property
     def fails_over(self) -> bool:
         """Say whether the message should try the next relay in the same pass."""
-        return self.action in (Action.FAILOVER, Action.THROTTLED, Action.AUTH_FAILED)
+        return self.action in (
+            Action.FAILOVER,
+            Action.THROTTLED,
+            Action.AUTH_FAILED,
+            Action.UNSUPPORTED,
+        )
 
 
 def enhanced_status(text: str) -> str | None:
@@ -67,7 +73,9 @@ def classify_reply(code: int, text: str, *, stage: str = "data") -> Verdict:
     if code == 421 or (klass == "4" and subject in ("3", "4")):
         return Verdict(Action.FAILOVER, Scope.SERVER, f"service unavailable: {summary}")
     if 400 <= code < 500:
-        if (klass == "4" and subject == "7") or _THROTTLE_WORDS.search(text or ""):
+        # 4.7.x is the relay pacing us; words count only without an enhanced code, since
+        # "452 4.2.2 over quota" is a full mailbox, not a relay that wants us slower.
+        if (klass == "4" and subject == "7") or (not status and _THROTTLE_WORDS.search(text or "")):
             return Verdict(Action.THROTTLED, Scope.SERVER, f"throttled: {summary}")
         return Verdict(Action.RETRY, Scope.MESSAGE, f"temporary failure: {summary}")
     if (klass == "5" and subject == "7") or (code == 554 and not status):
@@ -80,6 +88,8 @@ def classify_reply(code: int, text: str, *, stage: str = "data") -> Verdict:
 
 def classify_connection_error(kind: str, detail: str) -> Verdict:
     """Classify a failure to reach or keep a session (refused, timeout, reset, TLS, lost)."""
+    if kind == "capability":
+        return Verdict(Action.UNSUPPORTED, Scope.SERVER, detail)
     if kind == "lost_after_data":
         return Verdict(
             Action.UNKNOWN,

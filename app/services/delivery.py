@@ -50,6 +50,7 @@ T = TypeVar("T")
 
 THROTTLE_COOLDOWN_SECONDS = 60.0
 FLUSH_EVERY_SECONDS = 0.05
+FLUSH_GIVE_UP_AFTER = 8  # failed writes, once claiming has ended
 
 
 def worker_id() -> str:
@@ -80,6 +81,17 @@ class PassReport:
         elif outcome.status == LOGGED:
             self.logged += 1
         self.failovers += sum(1 for e in outcome.events if e["type"] == "failover")
+
+
+@dataclass(frozen=True)
+class RelayChange:
+    """What a pass changed on a relay, to be written if nobody else changed its circuit."""
+
+    relay_id: int
+    expected_changed_at: datetime | None
+    circuit: dict[str, Any]
+    results: dict[str, Any]
+    transitions: list[dict[str, Any]]
 
 
 @dataclass
@@ -216,40 +228,79 @@ class DeliveryEngine:
         busy = 0
         claiming = True
 
+        lease = self.settings.lease_seconds
+        renewed_until = time.monotonic() + lease  # how long our leases surely hold
+
         async def sender() -> None:
             nonlocal busy
             while (message := await inbox.get()) is not None:
+                # A message whose lease may have lapsed (renewals failing) may be another
+                # worker's now: leave it to the reaper rather than risk a second copy.
+                if max(message.lease_until, renewed_until) - lease * 0.1 < time.monotonic():
+                    log.warning("lease at risk; not sending", extra={"mid": message.id})
+                    continue
                 busy += 1
                 try:
                     outcome = await self._deliver(message)
                 except Exception as exc:  # a bug must not lose the message: defer it, loudly
                     log.exception("delivery crashed", extra={"mid": message.id})
-                    outcome = self._deferred_outcome(message, f"internal error: {exc!r}", [], [])
+                    outcome = self._deferred_outcome(
+                        message, f"internal error: {exc!r}", [], [], pending=message.recipients
+                    )
                 results.append(outcome)
                 busy -= 1
                 if len(results) >= batch:
                     flush_wanted.set()
 
         async def flusher() -> None:
+            nonlocal renewed_until
+            failures = 0
+            changes: list[RelayChange] = []
+            next_renewal = time.monotonic() + lease / 3
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(flush_wanted.wait(), FLUSH_EVERY_SECONDS)
                 flush_wanted.clear()
-                if results:
-                    chunk = results[:]
-                    del results[: len(chunk)]
-                    await on_db(self._record, chunk, self._relay_changes())
-                    for outcome in chunk:
-                        report.add(outcome)
-                    if progress:
-                        progress(report)
-                elif not claiming and busy == 0 and inbox.empty():
-                    return
+                try:
+                    if time.monotonic() >= next_renewal:
+                        asked = time.monotonic()
+                        await on_db(self._renew_leases)
+                        renewed_until = asked + lease
+                        next_renewal = asked + lease / 3
+                    if results:
+                        chunk = results[:]
+                        changes += self._relay_changes()
+                        await on_db(self._record, chunk, changes)
+                        del results[: len(chunk)]
+                        changes = []
+                        failures = 0
+                        for outcome in chunk:
+                            report.add(outcome)
+                        if progress:
+                            progress(report)
+                    elif not claiming and busy == 0 and inbox.empty():
+                        return
+                except Exception:
+                    # The outcomes stay in `results` and are written by the next try; the
+                    # messages stay leased (renewals retry too) so nobody else sends them.
+                    failures += 1
+                    log.exception(
+                        "could not record outcomes; retrying",
+                        extra={"outcomes": len(results), "failures": failures},
+                    )
+                    if not claiming and failures >= FLUSH_GIVE_UP_AFTER:
+                        # Their leases will lapse and the reaper will queue them again:
+                        # at-least-once, with the same Message-ID.
+                        log.error(
+                            "giving up on recording outcomes", extra={"outcomes": len(results)}
+                        )
+                        return
+                    await asyncio.sleep(min(5.0, 0.1 * 2**failures))
 
         senders = [asyncio.create_task(sender()) for _ in range(crew)]
         flush_task = asyncio.create_task(flusher())
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not flush_task.done():
                 if max_messages is not None and report.claimed >= max_messages:
                     break
                 want = batch if max_messages is None else min(batch, max_messages - report.claimed)
@@ -281,6 +332,10 @@ class DeliveryEngine:
     def _reap(self) -> None:
         with writelock.transaction(self.engine) as conn:
             queue.reap_expired_leases(conn)
+
+    def _renew_leases(self) -> None:
+        with writelock.transaction(self.engine) as conn:
+            queue.renew_leases(conn, self.owner, self.settings.lease_seconds)
 
     def _claim(self, limit: int) -> tuple[list[queue.Claimed], dict[int, RelaySnapshot]]:
         with writelock.transaction(self.engine) as conn:
@@ -335,18 +390,21 @@ class DeliveryEngine:
             state.snap = replace(
                 snap, circuit_changed_at=snap.circuit_changed_at if newer else known
             )
-            if newer and not state.dirty:
+            if newer:
+                # Someone else (an operator, another instance) changed the circuit: theirs
+                # wins over this pass's unsaved view; last results stay ours to write.
                 state.circuit = snap.circuit
                 state.cooldown_until = snap.cooldown_until
+                state.transitions.clear()
 
-    def _relay_changes(self) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    def _relay_changes(self) -> list[RelayChange]:
         """Take the relays' unsaved changes (on the loop's thread) for the DB thread to write."""
         changes = []
         now = utcnow()
         for state in getattr(self, "relays", {}).values():
             if not state.dirty:
                 continue
-            values: dict[str, Any] = {
+            circuit: dict[str, Any] = {
                 "circuit_state": state.circuit.state.value,
                 "circuit_failures": state.circuit.failures,
                 "circuit_successes": state.circuit.successes,
@@ -354,9 +412,11 @@ class DeliveryEngine:
                 "circuit_reason": state.circuit.reason,
                 "cooldown_until": state.cooldown_until,
             }
-            for key in ("last_error", "last_error_at", "last_success_at", "last_duration_ms"):
-                if getattr(state, key) is not None:
-                    values[key] = getattr(state, key)
+            results = {
+                key: getattr(state, key)
+                for key in ("last_error", "last_error_at", "last_success_at", "last_duration_ms")
+                if getattr(state, key) is not None
+            }
             transitions = [
                 {
                     "at": at,
@@ -372,18 +432,19 @@ class DeliveryEngine:
                 }
                 for at, t in state.transitions
             ]
+            expected = state.snap.circuit_changed_at
             if transitions:
-                values["circuit_changed_at"] = now
+                circuit["circuit_changed_at"] = now
                 state.snap = replace(state.snap, circuit_changed_at=now)
             state.transitions.clear()
             state.dirty = False
-            changes.append((state.id, values, transitions))
+            changes.append(RelayChange(state.id, expected, circuit, results, transitions))
         return changes
 
     def _record(
         self,
         outcomes: list[queue.Outcome],
-        changes: list[tuple[int, dict[str, Any], list[dict[str, Any]]]],
+        changes: list[RelayChange],
     ) -> None:
         with writelock.transaction(self.engine) as conn:
             queue.finish(conn, self.owner, outcomes)
@@ -412,22 +473,37 @@ class DeliveryEngine:
                 },
             )
 
-    def _save_relays(
-        self,
-        changes: list[tuple[int, dict[str, Any], list[dict[str, Any]]]],
-        conn: Any = None,
-    ) -> None:
-        """Write changed circuits, their transitions and the relays' last results."""
+    def _save_relays(self, changes: list[RelayChange], conn: Any = None) -> None:
+        """Write changed circuits, their transitions and the relays' last results.
+
+        A circuit is written only if nobody changed it since this pass last knew it (an
+        operator forcing it, another instance): theirs stands, and this pass's
+        transitions, which no longer happened, are dropped.
+        """
         if not changes:
             return
         if conn is None:
             with writelock.transaction(self.engine) as own:
                 self._save_relays(changes, own)
             return
-        for relay_id, values, transitions in changes:
-            conn.execute(update(Relay).where(Relay.id == relay_id).values(**values))
-            if transitions:
-                conn.execute(Event.__table__.insert(), transitions)
+        for change in changes:
+            unchanged = (
+                Relay.circuit_changed_at.is_(None)
+                if change.expected_changed_at is None
+                else Relay.circuit_changed_at == change.expected_changed_at
+            )
+            written = conn.execute(
+                update(Relay)
+                .where(Relay.id == change.relay_id, unchanged)
+                .values(**change.circuit, **change.results)
+            ).rowcount
+            if written:
+                if change.transitions:
+                    conn.execute(Event.__table__.insert(), change.transitions)
+            elif change.results:
+                conn.execute(
+                    update(Relay).where(Relay.id == change.relay_id).values(**change.results)
+                )
 
     # -- one message ----------------------------------------------------------------
 
@@ -674,11 +750,13 @@ class DeliveryEngine:
                 return verdicts
             except TimeoutError:
                 session.broken = True
-                healthy = False
-                verdict = classify_connection_error(
-                    "timeout",
-                    f"no answer within the attempt deadline of {self.timeouts.deadline:g} s",
-                )
+                detail = f"no answer within the attempt deadline of {self.timeouts.deadline:g} s"
+                if session.stage == "data":
+                    # The message may be at the relay: unknown, not a server failure.
+                    verdict = classify_connection_error("lost_after_data", detail)
+                else:
+                    healthy = False
+                    verdict = classify_connection_error("timeout", detail)
                 self._note_attempt(
                     state,
                     message,
@@ -795,6 +873,15 @@ class DeliveryEngine:
         now = utcnow()
         duration = round((time.perf_counter() - started) * 1000, 2)
         actions = {v.action for v in (verdicts or {}).values()} or {verdict.action}
+        # The relay is judged on every recipient's verdict, whatever their order: a server
+        # refusal anywhere counts, a mailbox refusal never does.
+        for candidate in (verdicts or {}).values():
+            if candidate.breaker_failure or (
+                candidate.action == Action.THROTTLED and not verdict.breaker_failure
+            ):
+                verdict = candidate
+                if candidate.breaker_failure:
+                    break
         if Action.DELIVERED in actions:
             outcome = "sent" if len(actions) == 1 else "partial"
         elif verdict.fails_over:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -150,6 +151,7 @@ class Claimed:
     attempt_count: int
     created_at: datetime
     pinned_relay_id: int | None = None
+    lease_until: float = 0.0  # time.monotonic() by which the claim's lease surely holds
 
 
 _CLAIM_COLUMNS = (
@@ -185,6 +187,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
     on PostgreSQL the inner SELECT skips rows another worker has locked.
     """
     now = utcnow()
+    lease_until = time.monotonic() + lease_seconds
     due = due_query(limit, now).with_for_update(skip_locked=True)
     stmt = (
         update(Message)
@@ -212,6 +215,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
             attempt_count=row.attempt_count,
             created_at=row.created_at,
             pinned_relay_id=row.pinned_relay_id,
+            lease_until=lease_until,
         )
         for row in rows
     ]
@@ -293,6 +297,16 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
             extra={"expected": len(outcomes), "updated": updated, "owner": owner},
         )
     return updated
+
+
+def renew_leases(conn: Connection, owner: str, lease_seconds: float) -> int:
+    """Extend the leases this owner still holds; return how many."""
+    result = conn.execute(
+        _MESSAGES.update()
+        .where(_MESSAGES.c.lease_owner == owner, _MESSAGES.c.status == SENDING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return int(result.rowcount or 0)
 
 
 def reap_expired_leases(conn: Connection) -> list[int]:

@@ -60,6 +60,7 @@ class RelayPool:
                 if self._in_use < (self.size if self._proven else 1):
                     refusal = admit() if admit else None
                     if refusal:
+                        self._changed.notify()  # pass the wake-up on to the next waiter
                         raise RelayUnavailable(refusal)
                     self._in_use += 1
                     if self._idle:

@@ -141,6 +141,7 @@ class RelaySession:
         self.timeouts = timeouts
         self.sent = 0
         self.broken = False
+        self.stage = "idle"  # where the current transaction is: mail, rcpt, data
         self.steps: list[StepTiming] = []
 
     @classmethod
@@ -225,18 +226,18 @@ class RelaySession:
         options, encoding = [], "ascii"
         if not (sender.isascii() and all(r.isascii() for r in recipients)):
             if not smtp.supports_extension("smtputf8"):
-                return SendResult(
-                    "mail", 553, "5.6.7 the relay does not support SMTPUTF8 addresses", [], {}
+                raise TransportError(
+                    "capability", "mail", "the relay does not offer SMTPUTF8 for these addresses"
                 )
             options, encoding = ["SMTPUTF8"], "utf-8"
-        stage = "mail"
+        stage = self.stage = "mail"
         try:
             try:
                 await smtp.mail(sender, options=options, encoding=encoding)
             except SMTPResponseException as exc:
                 await self._reset(exc.code)
                 return SendResult("mail", exc.code, exc.message, [], {})
-            stage = "rcpt"
+            stage = self.stage = "rcpt"
             accepted: list[str] = []
             refused: dict[str, tuple[int, str]] = {}
             for recipient in recipients:
@@ -254,7 +255,7 @@ class RelaySession:
                 code, text = next(iter(refused.values()))
                 await self._reset(code)
                 return SendResult("rcpt", code, text, [], refused)
-            stage = "data"
+            stage = self.stage = "data"
             try:
                 reply = await smtp.data(data)
             except SMTPDataError as exc:
@@ -267,6 +268,7 @@ class RelaySession:
                     "lost_after_data", "data", str(exc) or "connection lost"
                 ) from exc
             self.sent += 1
+            self.stage = "idle"
             return SendResult("data", reply.code, reply.message, accepted, refused)
         except TransportError:
             raise

@@ -9,7 +9,6 @@ from playwright.sync_api import expect
 EMAIL, PASSWORD = "first@example.com", "a long passphrase here"
 
 
-
 def test_first_run_setup_then_login(page: Any) -> None:
     page.goto("/")
     assert page.url.endswith("/setup")

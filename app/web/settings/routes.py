@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, flash, make_response, redirect, render_template, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.services import api_keys
 from app.web.render import flash_trigger, fragment, htmx, page_or_fragment
@@ -22,7 +23,7 @@ def index() -> Response:
 
 
 @bp.post("/api-keys")
-def create_key() -> Response:
+def create_key() -> Response | WerkzeugResponse:
     """Create an API key and show it this once, in this response only."""
     form = ApiKeyForm()
     new_key = None
