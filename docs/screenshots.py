@@ -84,6 +84,7 @@ def main() -> None:
                 ("message", f"/messages/{first}"),
                 ("messages", "/messages/"),
                 ("events", "/events/"),  # failovers, circuits and health
+
                 ("settings", "/settings/"),
             ]:
                 page.goto(path)
