@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import Engine, event
 
 from app import logs
 from app.config import PROJECT_ROOT, Settings
-from app.extensions import csrf, db, limiter, migrate
+from app.extensions import csrf, db, migrate
 
 __all__ = ["create_app"]
 
@@ -30,6 +31,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """The signed-cookie session, not opened at all for the API, webhooks and health checks."""
+
+    stateless = ("/api/", "/hooks/", "/healthz")
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if request.path.startswith(self.stateless):
+            return None  # Flask substitutes a null session: nothing read, nothing written
+        return super().open_session(app, request)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -55,16 +67,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
         RELAYBOARD=settings,
-        RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
-        RATELIMIT_ENABLED=True,
     )
     app.config.update(config)
+    app.session_interface = _SessionInterface()
     logs.configure(settings.log_format, settings.log_level)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
-    limiter.init_app(app)
 
     from app.api.routes import bp as api_bp
     from app.web.health import bp as health_bp

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -19,11 +18,3 @@ migrate = Migrate()
 csrf = CSRFProtect()
 login_manager = LoginManager()
 
-
-def _client_address() -> str:
-    from flask import request
-
-    return request.remote_addr or "unknown"
-
-
-limiter = Limiter(key_func=_client_address, headers_enabled=True)

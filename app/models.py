@@ -16,7 +16,6 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -120,7 +119,15 @@ class Message(db.Model):  # type: ignore[name-defined]
             sqlite_where=text("status = 'sending'"),
             postgresql_where=text("status = 'sending'"),
         ),
-        UniqueConstraint("api_key_id", "idempotency_key", name="uq_messages_idempotency"),
+        # Partial: most messages carry no key, and need no entry in this index.
+        Index(
+            "uq_messages_idempotency",
+            "api_key_id",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

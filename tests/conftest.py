@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from app import create_app
 from app.config import Settings
-from app.extensions import db, limiter
+from app.extensions import db
 from app.models import Relay
 from app.services import api_keys, relays
 from app.services.delivery import DeliveryEngine
@@ -84,7 +84,6 @@ def app(
     settings = make_settings(tmp_path / "instance", database_url, **overrides)
     application = create_app({"SETTINGS": settings, "TESTING": True})
     with application.app_context():
-        limiter.reset()
         db.create_all()
         yield application
         db.session.remove()

@@ -10,29 +10,15 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app import crypto, settings_of
-from app.api.limits import ApiLimits, Refusal
+from app import crypto, ratelimit, settings_of
 from app.api.schemas import SendRequest, errors_to_fields
 from app.domain import mime
 from app.domain.links import extract_links
-from app.extensions import db, limiter
+from app.extensions import db
 from app.models import PRIORITIES, PRIORITY_NAMES, STATUSES, Attempt, Event, Message, Relay
 from app.services import api_keys, queue
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-def api_limits() -> ApiLimits:
-    """Return this app's API rate limits (built once per app)."""
-    limits: ApiLimits | None = current_app.extensions.get("relayboard_api_limits")
-    if limits is None:
-        settings = settings_of(current_app)
-        limits = ApiLimits(settings.api_rate_limit, settings.ratelimit_storage)
-        current_app.extensions["relayboard_api_limits"] = limits
-    return limits
-
-
-limiter.exempt(bp)  # the API checks its own limits: see authenticate()
 
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -49,7 +35,7 @@ def api_error(
 @bp.before_request
 def authenticate() -> Any:
     """Require `Authorization: Bearer KEY` with a live key, within its rate limit."""
-    limits = api_limits()
+    limits = ratelimit.of(current_app)
     address = request.remote_addr or "unknown"
     refusal = limits.guessing(address)
     if refusal is not None:
@@ -71,7 +57,7 @@ def authenticate() -> Any:
     return None
 
 
-def too_many(refusal: Refusal, why: str) -> tuple[Response, int]:
+def too_many(refusal: ratelimit.Refusal, why: str) -> tuple[Response, int]:
     """Answer 429 with the limit that was reached and when to retry."""
     response, status = api_error(429, "rate_limited", f"{why}: the limit is {refusal.limit}")
     response.headers["Retry-After"] = str(refusal.retry_after)

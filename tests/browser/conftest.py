@@ -14,7 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.extensions import db, limiter
+from app.extensions import db
 from tests.conftest import SECRET, make_settings
 from tests.smtp_servers import TestCertificate
 
@@ -81,7 +81,6 @@ def live(tmp_path: Path, test_certificate: TestCertificate) -> Iterator[LiveServ
     )
     app = create_app({"SETTINGS": settings})
     with app.app_context():
-        limiter.reset()
         db.create_all()
     with LiveServer(app) as server:
         yield server

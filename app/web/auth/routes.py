@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import login_user, logout_user
 from werkzeug.wrappers import Response
 
-from app.extensions import limiter
+from app import ratelimit
 from app.services import operators
 from app.web.auth.forms import LoginForm, SetupForm
 
@@ -43,12 +52,20 @@ def setup() -> str | Response:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("10 per minute", methods=["POST"])
-def login() -> str | Response:
-    """Sign in with email and password."""
+def login() -> str | Response | tuple[str, int, dict[str, str]]:
+    """Sign in with email and password (at most 10 attempts a minute from one address)."""
     if not operators.exists():
         return redirect(url_for("auth.setup"))
     form = LoginForm()
+    if request.method == "POST":
+        refusal = ratelimit.of(current_app).hit_sign_in(request.remote_addr or "unknown")
+        if refusal is not None:
+            form.password.errors = [
+                f"Too many sign-in attempts from this address (limit {refusal.limit}); "
+                f"try again in {refusal.retry_after} s."
+            ]
+            page = render_template("auth/login.html", form=form)
+            return page, 429, {"Retry-After": str(refusal.retry_after)}
     if form.validate_on_submit():
         operator = operators.authenticate(form.email.data or "", form.password.data or "")
         if operator is not None:
