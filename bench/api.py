@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_rate = median(r["rate"] for r in baseline)
     rb_rate = median(r["rate"] for r in relayboard)
     p99 = median(r["p99_ms"] for r in relayboard)
+    # The ratio is taken within each run (the two apps back to back), then the median.
+    ratio = median(x["rate"] / b["rate"] for x, b in zip(relayboard, baseline, strict=True))
     result = {
         "seconds": seconds,
         "runs": runs,
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + " -b 127.0.0.1:PORT",
         "baseline_rate": base_rate,
         "relayboard_rate": rb_rate,
-        "ratio": rb_rate / base_rate,
+        "ratio": ratio,
+        "ratio_of_medians": rb_rate / base_rate,
         "relayboard_p50_ms": median(r["p50_ms"] for r in relayboard),
         "relayboard_p90_ms": median(r["p90_ms"] for r in relayboard),
         "relayboard_p99_ms": p99,
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "errors": sum(r["non_2xx"] for r in baseline + relayboard),
         "target_ratio": TARGET_RATIO,
         "target_p99_ms": TARGET_P99_MS,
-        "pass_ratio": rb_rate / base_rate >= TARGET_RATIO,
+        "pass_ratio": ratio >= TARGET_RATIO,
         "pass_p99": p99 < TARGET_P99_MS,
         "cpu_busy_before_runs": busy_before,
         "baseline_runs": baseline,
@@ -360,8 +363,8 @@ def render(r: dict[str, Any]) -> str:
             "",
             "| metric | result | target | |",
             "| --- | ---: | ---: | --- |",
-            f"| Relayboard / bare Flask, req/s | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
-            f"{verdict(r['pass_ratio'])} |",
+            f"| Relayboard / bare Flask, req/s, median of per-run ratios | {r['ratio']:.2f} | "
+            f"≥ {r['target_ratio']:.2f} | {verdict(r['pass_ratio'])} |",
             f"| Relayboard p99 latency | {r['relayboard_p99_ms']:.1f} ms | "
             f"< {r['target_p99_ms']:.0f} ms | {verdict(r['pass_p99'])} |",
             f"| non-2xx responses (all runs) | {r['errors']} | 0 | {verdict(r['errors'] == 0)} |",

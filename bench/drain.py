@@ -261,10 +261,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "connections": CONNECTIONS,
         "baseline_rate": base_rate,
         "relayboard_rate": rb_rate,
-        "ratio": rb_rate / base_rate,
-        "ratio_of_runs_median": median(ratios),
+        # Each run pairs the baseline and Relayboard back to back: the ratio is taken
+        # within a run, then the median of those, so drift between runs cancels out.
+        "ratio": median(ratios),
+        "ratio_of_medians": rb_rate / base_rate,
         "target_ratio": TARGET_RATIO,
-        "pass": rb_rate / base_rate >= TARGET_RATIO,
+        "pass": median(ratios) >= TARGET_RATIO,
         "baseline_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in baseline),
         "relayboard_cpu_us_per_msg": median(r["cpu_us_per_msg"] for r in relayboard),
         "relayboard_loop_cpu_us_per_msg": median(r["loop_cpu_us_per_msg"] for r in relayboard),
@@ -319,8 +321,9 @@ def render(r: dict[str, Any]) -> str:
             "",
             "| metric | result | target | |",
             "| --- | ---: | ---: | --- |",
-            f"| Relayboard / baseline | {r['ratio']:.2f} | ≥ {r['target_ratio']:.2f} | "
-            f"{verdict(r['pass'])} |",
+            f"| Relayboard / baseline, median of per-run ratios | {r['ratio']:.2f} | "
+            f"≥ {r['target_ratio']:.2f} | {verdict(r['pass'])} |",
+            f"| (ratio of the medians, for reference) | {r.get('ratio_of_medians', 0):.2f} | | |",
             "",
             "Per run (msg/s, baseline → Relayboard): "
             + ", ".join(

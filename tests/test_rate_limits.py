@@ -35,3 +35,40 @@ def test_guessing_keys_is_limited_per_address(client: Any) -> None:
         for i in range(31)
     ]
     assert codes[:30] == [401] * 30 and codes[30] == 429
+
+
+def _redis_up() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+def test_two_processes_share_a_keys_limit_through_redis(tmp_path: Any) -> None:
+    from app import create_app
+    from app.extensions import db
+    from tests.conftest import make_settings
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    overrides = {
+        "RELAYBOARD_API_RATE_LIMIT": "3 per minute",
+        "RELAYBOARD_RATELIMIT_STORAGE": "redis://127.0.0.1:6379",
+    }
+    first = create_app({"SETTINGS": make_settings(tmp_path / "a", url, **overrides)})
+    second = create_app({"SETTINGS": make_settings(tmp_path / "b", url, **overrides)})
+    with first.app_context():
+        db.create_all()
+        _, key = api_keys.create("shared")  # a fresh key: its own counter in Redis
+    auth = {"Authorization": f"Bearer {key}"}
+    codes = []
+    for app in (first, second, first, second):
+        with app.app_context():
+            codes.append(app.test_client().get("/api/messages", headers=auth).status_code)
+    for app in (first, second):
+        with app.app_context():
+            db.engine.dispose()
+    assert codes == [200, 200, 200, 429]
