@@ -93,14 +93,16 @@ def summary_rows(results: dict[str, dict[str, Any] | str]) -> list[str]:
     d = results.get("drain")
     if isinstance(d, dict):
         rows.append(
-            f"| drain | Relayboard / bare aiosmtplib, msg/s (median of per-run ratios) | {d['ratio']:.2f} "
+            "| drain | Relayboard / bare aiosmtplib, msg/s (median of per-run ratios) | "
+            f"{d['ratio']:.2f} "
             f"({d['relayboard_rate']:.0f} / {d['baseline_rate']:.0f}) | "
             f"≥ {d['target_ratio']:.2f} | {ok(d['pass'])} |"
         )
     a = results.get("api")
     if isinstance(a, dict):
         rows.append(
-            f"| api | Relayboard / bare Flask, req/s (median of per-run ratios) | {a['ratio']:.2f} "
+            "| api | Relayboard / bare Flask, req/s (median of per-run ratios) | "
+            f"{a['ratio']:.2f} "
             f"({a['relayboard_rate']:.0f} / {a['baseline_rate']:.0f}) | "
             f"≥ {a['target_ratio']:.2f} | {ok(a['pass_ratio'])} |"
         )
