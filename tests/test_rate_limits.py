@@ -72,3 +72,15 @@ def test_two_processes_share_a_keys_limit_through_redis(tmp_path: Any) -> None:
         with app.app_context():
             db.engine.dispose()
     assert codes == [200, 200, 200, 429]
+
+
+def test_api_and_health_responses_set_no_session_cookie(
+    client: Any, auth: dict[str, str]
+) -> None:
+    for response in (
+        client.get("/api/messages", headers=auth),
+        client.post("/api/send", json={"to": []}, headers=auth),
+        client.get("/healthz"),
+    ):
+        assert "Set-Cookie" not in response.headers
+        assert "Cookie" not in response.headers.get("Vary", "")
