@@ -681,35 +681,29 @@ class DeliveryEngine:
         # after an earlier partial delivery those are fewer than the message's.
         pending_list = list(pending) if pending else None
         age = (now - message.created_at).total_seconds()
+        retry_at: datetime | None = None
         if age >= self.settings.max_age_seconds:
+            hours, limit = age / 3600, self.settings.max_age_seconds / 3600
+            status = FAILED
             error = (
-                f"gave up after {message.attempt_count} attempt(s) over {age / 3600:.1f} h "
-                f"(maximum age {self.settings.max_age_seconds / 3600:.1f} h); last error: {reason}"
+                f"gave up after {message.attempt_count} attempt(s) over {hours:.1f} h "
+                f"(maximum age {limit:.1f} h); last error: {reason}"
             )
             events.append(self._event(message, "failed", error))
-            return queue.Outcome(
-                message=message.id,
-                status=FAILED,
-                last_error=error,
-                attempts=attempts,
-                events=events,
-                pending_recipients=pending_list,
-            )
-        delay = self.retry.delay(message.attempt_count, self.rng)
-        retry_at = now + timedelta(seconds=delay)
-        detail = f"retry at {retry_at:%Y-%m-%d %H:%M:%S} UTC (in {delay:.0f} s): {reason}"
-        if partial:
-            detail = f"delivered to {len(partial)}, {len(pending or [])} left; " + detail
-        events.append(
-            self._event(
-                message, "deferred", detail, {"retry_at": retry_at.isoformat(), "reason": reason}
-            )
-        )
+        else:
+            status, error = DEFERRED, reason
+            delay = self.retry.delay(message.attempt_count, self.rng)
+            retry_at = now + timedelta(seconds=delay)
+            detail = f"retry at {retry_at:%Y-%m-%d %H:%M:%S} UTC (in {delay:.0f} s): {reason}"
+            if partial:
+                detail = f"delivered to {len(partial)}, {len(pending or [])} left; " + detail
+            data = {"retry_at": retry_at.isoformat(), "reason": reason}
+            events.append(self._event(message, "deferred", detail, data))
         return queue.Outcome(
             message=message.id,
-            status=DEFERRED,
+            status=status,
             next_attempt_at=retry_at,
-            last_error=reason,
+            last_error=error,
             attempts=attempts,
             events=events,
             pending_recipients=pending_list,
