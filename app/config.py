@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
@@ -126,7 +125,6 @@ class Settings:
     routing: str = "failover"
     api_rate_limit: str = "6000 per minute"
     ratelimit_storage: str = "memory://"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -16,6 +17,7 @@ class SecretUnreadable(ValueError):
     """A stored secret cannot be decrypted (the secret key changed?)."""
 
 
+@functools.lru_cache(maxsize=4)
 def _fernet(secret_key: str) -> Fernet:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"relayboard-secrets").derive(
         secret_key.encode()

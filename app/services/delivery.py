@@ -745,24 +745,17 @@ class DeliveryEngine:
             except TimeoutError:
                 session.broken = True
                 detail = f"no answer within the attempt deadline of {self.timeouts.deadline:g} s"
-                if session.stage == "data":
-                    # The message may be at the relay: unknown, not a server failure.
-                    verdict = classify_connection_error("lost_after_data", detail)
-                else:
-                    healthy = False
-                    verdict = classify_connection_error("timeout", detail)
-                self._note_attempt(
+                # After the final dot the message may be at the relay: unknown, not a failure.
+                kind = "lost_after_data" if session.stage == "data" else "timeout"
+                healthy = None if kind == "lost_after_data" else False
+                return self._transport_failure(
                     state,
                     message,
                     recipients,
                     attempts,
                     started,
-                    verdict,
-                    stage="send",
-                    code=None,
-                    text=verdict.reason,
+                    TransportError(kind, session.stage, detail),
                 )
-                return dict.fromkeys(recipients, verdict)
             else:
                 verdicts = self._judge(state, message, recipients, result, attempts, started)
                 actions = {v.action for v in verdicts.values()}
