@@ -11,7 +11,10 @@
     el.__rbPolling = true;
     function tick() {
       if (!document.body.contains(el) || !el.hasAttribute("data-poll")) return;
-      if (!el.__rbDragging && !el.querySelector("[data-sortable].dragging")) htmx.trigger(el, "poll");
+      // No poll while a row is dragged or an action from inside is still on its way:
+      // the action's own answer brings the fresh rows.
+      var busy = el.__rbDragging || el.querySelector("[data-sortable].dragging, .htmx-request");
+      if (!busy) htmx.trigger(el, "poll");
       setTimeout(tick, document.hidden ? ms * 5 : ms);
     }
     setTimeout(tick, document.hidden ? ms * 5 : ms);
@@ -62,6 +65,23 @@
   }
 
   document.addEventListener("htmx:load", function (event) { scan(event.detail.elt); });
+  // Keyboard users keep their place: a control with an id that had the focus before a swap
+  // (a move, a toggle, a poll) has it again after, whichever swap lands last.
+  var focusedId = null;
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var active = document.activeElement;
+    var target = event.detail.target;
+    if (active && active.id && target && target.contains(active)) focusedId = active.id;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!focusedId) return;
+    var active = document.activeElement;
+    if (!active || active === document.body) {
+      var again = document.getElementById(focusedId);
+      if (again) again.focus();
+    }
+    focusedId = null;
+  });
   document.addEventListener("htmx:beforeSwap", function (event) {
     var target = event.detail.target;
     if (target && (target.__rbDragging || (target.querySelector && target.querySelector("[data-sortable].dragging")))) {

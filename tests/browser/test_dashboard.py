@@ -129,6 +129,14 @@ def _after_a_table_poll(page: Page) -> None:
         pass
 
 
+def _settled(page: Page) -> None:
+    """Wait until htmx has settled the last swap (new rows are live only then: before,
+    an Enter on a new button is a plain form post, which still works, with a reload)."""
+    page.wait_for_function(
+        "() => !document.querySelector('.htmx-settling, .htmx-swapping, .htmx-request')"
+    )
+
+
 def test_reorder_relays_by_drag_and_by_buttons(
     page: Page, live: LiveServer, smtp_server: Any
 ) -> None:
@@ -159,9 +167,11 @@ def test_reorder_relays_by_drag_and_by_buttons(
     expect(names).to_have_text(["charlie", "bravo", "alpha"])
     expect(page.locator("#flashes")).to_contain_text("Moved bravo up.")
     expect(up).to_be_focused()
+    _settled(page)
     page.keyboard.press("Enter")
     expect(names).to_have_text(["bravo", "charlie", "alpha"])
     expect(up).to_be_focused()
+    _settled(page)
     page.keyboard.press("Enter")
     expect(page.locator("#flashes")).to_contain_text("bravo is already first.")
     page.get_by_role("button", name="Move charlie down").click()
