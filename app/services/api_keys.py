@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, update
 
-from app import crypto, writelock
+from app import crypto, prepared, writelock
 from app.extensions import db
 from app.models import ApiKey, utcnow
 
@@ -54,20 +54,29 @@ def authenticate(key: str) -> int | None:
         return None
     digest = crypto.hash_api_key(key)
     # The lookup is by digest: a timing difference reveals nothing about the key itself.
-    with db.engine.connect() as conn:
-        row = conn.execute(_LIVE_KEY, {"digest": digest}).first()
-    if row is None or not crypto.same(row.key_hash, digest):
+    engine = db.engine
+    with prepared.raw_cursor(engine) as cursor:
+        row = _LIVE_KEY.on(engine).execute(cursor, {"digest": digest}).fetchone()
+    if row is None or not crypto.same(row[1], digest):
         return None
+    key_id = int(row[0])
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        with writelock.transaction(db.engine) as conn:
-            conn.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return int(row.id)
+    noted = _last_noted.get(digest)
+    if noted is None or now - noted > LAST_USED_RESOLUTION:
+        _last_noted[digest] = now  # per process: each worker writes at most once a minute
+        with writelock.transaction(engine) as conn:
+            conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    return key_id
 
 
-_LIVE_KEY = select(ApiKey.id, ApiKey.last_used_at, ApiKey.key_hash).where(
-    ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None)
+# Run on every API request: the key's id and digest, neither needing result processing.
+_LIVE_KEY = prepared.Statements(
+    select(ApiKey.id, ApiKey.key_hash).where(
+        ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None)
+    ),
+    ("digest",),
 )
+_last_noted: dict[str, datetime] = {}  # by digest: ids repeat across databases in tests
 
 
 def created_recently(name: str, seconds: float = 300) -> bool:

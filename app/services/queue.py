@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
-from app import logs, writelock
+from app import logs, prepared, writelock
 from app.domain.mime import BuiltMessage
 from app.extensions import db
 from app.models import (
@@ -26,9 +25,21 @@ from app.models import (
 log = logs.get("queue")
 
 
-_INSERT_MESSAGE = Message.__table__.insert().returning(Message.__table__.c.id)
 _INSERT_ATTEMPT = Attempt.__table__.insert()
 _INSERT_EVENT = Event.__table__.insert()
+# enqueue runs once per API request: its two inserts skip SQLAlchemy's execution layer.
+_ENQUEUE_MESSAGE = prepared.Statements(
+    Message.__table__.insert().returning(Message.__table__.c.id),
+    (
+        "message_id", "envelope_from", "recipients", "data", "size", "subject", "from_header",
+        "to_header", "priority", "tags", "status", "attempt_count", "next_attempt_at",
+        "api_key_id", "idempotency_key", "idempotency_hash", "pinned_relay_id", "created_at",
+        "updated_at",
+    ),
+)  # fmt: skip
+_ENQUEUE_EVENT = prepared.Statements(
+    _INSERT_EVENT, ("at", "type", "message_id", "detail", "relay_id", "data")
+)
 
 
 class IdempotencyConflict(Exception):
@@ -87,21 +98,24 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
+    event = {
+        "at": now,
+        "type": "queued",
+        "message_id": None,
+        "detail": f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
+        "relay_id": None,
+        "data": None,
+    }
+    engine = db.engine
+    insert_message, insert_event = _ENQUEUE_MESSAGE.on(engine), _ENQUEUE_EVENT.on(engine)
+    # Everything but the statements is done before the write lock: writers queue on it.
+    message_parameters = insert_message.parameters(values)
+    event_parameters = insert_event.parameters(event)
     try:
-        with writelock.writing(db.engine), db.engine.begin() as conn:
-            new_id = conn.execute(_INSERT_MESSAGE, values).scalar_one()
-            conn.execute(
-                _INSERT_EVENT,
-                {
-                    "at": now,
-                    "type": "queued",
-                    "message_id": new_id,
-                    "detail": f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
-                    "relay_id": None,
-                    "data": None,
-                },
-            )
-    except IntegrityError:
+        with prepared.raw_transaction(engine, writelock.writing) as cursor:
+            new_id = int(insert_message.returning(cursor, message_parameters))
+            insert_event.run(cursor, insert_event.replace(event_parameters, "message_id", new_id))
+    except engine.dialect.loaded_dbapi.IntegrityError:
         # Two requests raced with one Idempotency-Key: the first one stored wins.
         existing = _find_idempotent(api_key_id, idempotency_key) if idempotency_key else None
         if existing is None:
