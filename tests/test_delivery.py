@@ -67,7 +67,7 @@ def test_it_delivers_through_the_primary_with_the_stored_message_id(
     row = message(queued["id"])
     assert row.status == "sent" and row.sent_at is not None and row.relay_id == relay("primary").id
     assert [a.outcome for a in attempts(row.id)] == ["sent"]
-    assert [e.type for e in events(row.id)] == ["queued", "sent"]
+    assert [e.type for e in events(row.id)] == ["sent"]
 
 
 def test_it_fails_over_when_primary_refuses(
@@ -209,7 +209,7 @@ def test_451_is_retried_with_backoff_and_the_same_message_id(
     assert row.status == "sent" and row.attempt_count == 2
     assert got.message_id == row.message_id == queued["message_id"]
     assert [a.code for a in attempts(row.id)] == [451, 250]
-    assert [e.type for e in events(row.id)] == ["queued", "deferred", "sent"]
+    assert [e.type for e in events(row.id)] == ["deferred", "sent"]
 
 
 def test_every_relay_down_defers_then_delivers_when_one_returns(
@@ -256,7 +256,7 @@ def test_an_expired_lease_is_reclaimed(
     engine.drain()
     smtp_server.wait_for(1)
     assert message(queued["id"]).status == "sent"
-    assert [e.type for e in events(queued["id"])] == ["queued", "lease_expired", "sent"]
+    assert [e.type for e in events(queued["id"])] == ["lease_expired", "sent"]
 
 
 @pytest.mark.parametrize(
@@ -424,7 +424,7 @@ def test_a_log_only_relay_is_the_last_resort_in_test_mode(
     assert report.logged == 1
     row = message(queued["id"])
     assert row.status == "logged" and row.next_attempt_at is None
-    assert [e.type for e in events(row.id)] == ["queued", "failover", "logged"]
+    assert [e.type for e in events(row.id)] == ["failover", "logged"]
     (failover,) = events(row.id, "failover")
     assert failover.data is not None and failover.data["to"] == "test-mode"
 

@@ -16,7 +16,7 @@ from app.api.schemas import SendRequest, errors_to_fields
 from app.domain import mime
 from app.domain.links import extract_links
 from app.extensions import db
-from app.models import PRIORITIES, PRIORITY_NAMES, STATUSES, Attempt, Event, Message, Relay
+from app.models import PRIORITIES, PRIORITY_NAMES, STATUSES, Attempt, Message, Relay
 from app.services import api_keys, queue
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -204,7 +204,7 @@ def message(message_pk: int) -> Any:
     attempts = db.session.scalars(
         select(Attempt).where(Attempt.message_id == row.id).order_by(Attempt.id)
     )
-    events = db.session.scalars(select(Event).where(Event.message_id == row.id).order_by(Event.id))
+    events = queue.history_events(row)
     body = _summary(row, relay_name)
     body["attempts"] = [
         {

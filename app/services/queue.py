@@ -27,8 +27,8 @@ log = logs.get("queue")
 
 _INSERT_ATTEMPT = Attempt.__table__.insert()
 _INSERT_EVENT = Event.__table__.insert()
-# enqueue runs once per API request: its two inserts skip SQLAlchemy's execution layer.
-_ENQUEUE_MESSAGE = prepared.Statements(
+# enqueue runs once per API request: its insert skips SQLAlchemy's execution layer.
+_ENQUEUE = prepared.Statements(
     Message.__table__.insert().returning(Message.__table__.c.id),
     (
         "message_id", "envelope_from", "recipients", "data", "size", "subject", "from_header",
@@ -37,9 +37,6 @@ _ENQUEUE_MESSAGE = prepared.Statements(
         "updated_at",
     ),
 )  # fmt: skip
-_ENQUEUE_EVENT = prepared.Statements(
-    _INSERT_EVENT, ("at", "type", "message_id", "detail", "relay_id", "data")
-)
 
 
 class IdempotencyConflict(Exception):
@@ -98,23 +95,12 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    event = {
-        "at": now,
-        "type": "queued",
-        "message_id": None,
-        "detail": f"{len(built.recipients)} recipient(s), {len(built.data)} bytes",
-        "relay_id": None,
-        "data": None,
-    }
     engine = db.engine
-    insert_message, insert_event = _ENQUEUE_MESSAGE.on(engine), _ENQUEUE_EVENT.on(engine)
-    # Everything but the statements is done before the write lock: writers queue on it.
-    message_parameters = insert_message.parameters(values)
-    event_parameters = insert_event.parameters(event)
+    insert = _ENQUEUE.on(engine)
+    parameters = insert.parameters(values)  # before the write lock: writers queue on it
     try:
         with prepared.raw_transaction(engine, writelock.writing) as cursor:
-            new_id = int(insert_message.returning(cursor, message_parameters))
-            insert_event.run(cursor, insert_event.replace(event_parameters, "message_id", new_id))
+            new_id = int(insert.returning(cursor, parameters))
     except engine.dialect.loaded_dbapi.IntegrityError:
         # Two requests raced with one Idempotency-Key: the first one stored wins.
         existing = _find_idempotent(api_key_id, idempotency_key) if idempotency_key else None
@@ -132,6 +118,31 @@ def enqueue(
         },
     )
     return Enqueued(new_id, built.message_id, QUEUED)
+
+
+def queued_event(message: Message) -> Event:
+    """The first entry of a message's history, read from the message row itself.
+
+    Enqueue writes the message row alone (it is the API's hot path, one row under the
+    write lock); when the message was queued, for how many recipients and how big, is on
+    that row, so no event row repeats it. The entry is never added to a session.
+    """
+    return Event(
+        at=message.created_at,
+        type="queued",
+        message_id=message.id,
+        detail=f"{len(message.recipients)} recipient(s), {message.size} bytes",
+        relay_id=None,
+        data=None,
+    )
+
+
+def history_events(message: Message) -> list[Event]:
+    """The message's events, oldest first, beginning with its queued entry."""
+    stored = db.session.scalars(
+        select(Event).where(Event.message_id == message.id).order_by(Event.id)
+    )
+    return [queued_event(message), *stored]
 
 
 _FIND_IDEMPOTENT = select(

@@ -13,8 +13,8 @@ from werkzeug.wrappers import Response
 
 from app.domain.links import extract_links
 from app.extensions import db
-from app.models import PRIORITY_NAMES, Attempt, Event, Message
-from app.services import operations
+from app.models import PRIORITY_NAMES, Attempt, Message
+from app.services import operations, queue
 from app.web.messages.forms import MessageFilterForm
 from app.web.messages.headers import stored_headers
 from app.web.render import flash_trigger, fragment, htmx, page_or_fragment, wants_fragment
@@ -107,9 +107,8 @@ def _version(row: Message) -> str:
 def _timeline(row: Message) -> list[tuple[str, Any]]:
     """Merge the message's attempts and events into one history, oldest first."""
     attempts = db.session.scalars(select(Attempt).where(Attempt.message_id == row.id))
-    events = db.session.scalars(select(Event).where(Event.message_id == row.id))
     items: list[tuple[Any, int, int, str, Any]] = [(a.at, 0, a.id, "attempt", a) for a in attempts]
-    items += [(e.at, 1, e.id, "event", e) for e in events]
+    items += [(e.at, 1, e.id or 0, "event", e) for e in queue.history_events(row)]
     items.sort(key=lambda item: item[:3])
     return [(kind, value) for *_, kind, value in items]
 
