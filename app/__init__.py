@@ -9,7 +9,7 @@ from flask import Flask, Request, Response
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import Engine, event
 
-from app import logs
+from app import logs, writelock
 from app.config import PROJECT_ROOT, Settings
 from app.extensions import csrf, db, migrate
 
@@ -42,6 +42,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={writelock.AUTOCHECKPOINT_PAGES}")
         cursor.close()
 
 

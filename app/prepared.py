@@ -12,11 +12,14 @@ other query goes through the ORM or Core as usual.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import Compiled
@@ -39,25 +42,22 @@ class Prepared:
             raise ValueError(f"the statement needs values for {missing}")
         self.positional = dialect.positional
         self.order = tuple(order)
-        self.processors: dict[str, Callable[[Any], Any]] = {}
-        for name in self.order:
-            processor = binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                self.processors[name] = processor
+        # (name, the type's bind processor or None), in the statement's parameter order
+        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
+            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in self.order
+        )
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """Return the DBAPI parameters for `values`, each processed as its column's type."""
-        processed = {
-            name: (
-                self.processors[name](values[name])
-                if name in self.processors and values[name] is not None
-                else values[name]
-            )
-            for name in self.order
-        }
+        processed = [
+            value if process is None or value is None else process(value)
+            for name, process in self.plan
+            for value in (values[name],)
+        ]
         if self.positional:
-            return tuple(processed[name] for name in self.order)
-        return processed
+            return tuple(processed)
+        return dict(zip(self.order, processed, strict=True))
 
     def replace(
         self, parameters: Sequence[Any] | dict[str, Any], name: str, value: Any
@@ -91,53 +91,113 @@ class Statements:
     def __init__(self, statement: ClauseElement, keys: Sequence[str]) -> None:
         self.statement = statement
         self.keys = tuple(keys)
-        self._by_engine: dict[int, Prepared] = {}
+        self._by_engine: weakref.WeakKeyDictionary[Engine, Prepared] = weakref.WeakKeyDictionary()
 
     def on(self, engine: Engine) -> Prepared:
         """Return the statement compiled for `engine`'s dialect."""
-        prepared = self._by_engine.get(id(engine))
+        prepared = self._by_engine.get(engine)
         if prepared is None:
-            prepared = self._by_engine[id(engine)] = Prepared(
-                self.statement, engine.dialect, self.keys
-            )
+            prepared = self._by_engine[engine] = Prepared(self.statement, engine.dialect, self.keys)
         return prepared
+
+
+class _Kept:
+    """One SQLite connection a process keeps for the hot path, lent to one thread at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.connection: Any = None  # a pool connection detached from its pool
+        event.listen(engine, "engine_disposed", self.close)
+
+    def close(self, _connection: Any = None) -> None:
+        """Close the kept connection (when its engine is disposed), unless it is lent out."""
+        if self.lock.acquire(blocking=False):
+            try:
+                if self.connection is not None and self.pid == os.getpid():
+                    self.connection.close()
+                self.connection = None
+            finally:
+                self.lock.release()
+
+
+_kept: weakref.WeakKeyDictionary[Engine, _Kept] = weakref.WeakKeyDictionary()
+_kept_guard = threading.Lock()
+_inherited: list[Any] = []  # connections a forked child must neither use nor close
+
+
+def _kept_for(engine: Engine) -> _Kept | None:
+    if engine.dialect.name != "sqlite":
+        return None  # elsewhere the pool's pre-ping keeps connections fresh: use the pool
+    kept = _kept.get(engine)
+    if kept is None or kept.pid != os.getpid():
+        with _kept_guard:
+            kept = _kept.get(engine)
+            if kept is None or kept.pid != os.getpid():
+                if kept is not None:
+                    _inherited.append(kept.connection)
+                kept = _kept[engine] = _Kept(engine)
+    return kept
+
+
+@contextlib.contextmanager
+def connection(engine: Engine) -> Iterator[DBAPIConnection]:
+    """Lend a DBAPI connection: on SQLite the one this process keeps, else from the pool.
+
+    A pool checkout and return cost as much as the query they wrap. The kept connection
+    skips both; a thread that finds it lent out (threaded servers, tests) uses the pool.
+    Callers end their own transactions; a connection left in one is not kept.
+    """
+    kept = _kept_for(engine)
+    if kept is None or not kept.lock.acquire(blocking=False):
+        pooled: DBAPIConnection = engine.raw_connection()
+        try:
+            yield pooled
+        finally:
+            pooled.close()  # back to the pool, which rolls back what is left
+        return
+    try:
+        if kept.connection is None:
+            fairy = engine.raw_connection()
+            fairy.detach()  # no longer the pool's: closing it closes it
+            kept.connection = fairy
+        yield kept.connection.dbapi_connection
+    finally:
+        if kept.connection is not None and kept.connection.dbapi_connection.in_transaction:
+            kept.connection.close()  # something went wrong mid-transaction: start afresh
+            kept.connection = None
+        kept.lock.release()
 
 
 @contextlib.contextmanager
 def raw_transaction(
     engine: Engine, lock: Callable[[Engine], AbstractContextManager[None]] | None = None
 ) -> Iterator[DBAPICursor]:
-    """Yield a cursor on a pooled DBAPI connection; commit on success, roll back on error.
+    """Yield a cursor in a transaction; commit on success, roll back on error.
 
-    `lock` (writelock.writing) is taken after the connection is checked out and released
-    after the commit, so the time under it is the statements and the commit alone.
+    `lock` (writelock.writing) is taken once the connection is in hand and released after
+    the commit, so the time under it is the statements and the commit alone.
     """
-    connection: DBAPIConnection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
+    with connection(engine) as dbapi_connection:
+        cursor = dbapi_connection.cursor()
         try:
             with lock(engine) if lock else contextlib.nullcontext():
                 try:
                     yield cursor
-                    connection.commit()
+                    dbapi_connection.commit()
                 except BaseException:
-                    connection.rollback()
+                    dbapi_connection.rollback()
                     raise
         finally:
             cursor.close()
-    finally:
-        connection.close()  # back to the pool
 
 
 @contextlib.contextmanager
 def raw_cursor(engine: Engine) -> Iterator[DBAPICursor]:
-    """Yield a cursor on a pooled DBAPI connection for reads (the pool rolls back on return)."""
-    connection: DBAPIConnection = engine.raw_connection()
-    try:
-        cursor = connection.cursor()
+    """Yield a cursor for reads."""
+    with connection(engine) as dbapi_connection:
+        cursor = dbapi_connection.cursor()
         try:
             yield cursor
         finally:
             cursor.close()
-    finally:
-        connection.close()

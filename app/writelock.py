@@ -5,6 +5,13 @@ milliseconds between retries. Under a burst of API requests from several gunicor
 workers those sleeps, not the writes, set the latency. An flock() on a file beside the
 database queues writers and wakes the next one the moment the lock is free. On other
 databases this is a no-op.
+
+The lock also keeps the WAL checkpoint out of every writer's way. SQLite runs an
+automatic checkpoint inside the commit that crosses its threshold — copying the WAL's
+pages into the database and syncing both, several milliseconds — while that writer
+still holds the lock, so every other writer waits for the disk. Here each process runs
+a passive checkpoint after every CHECKPOINT_EVERY writes, once it has released the
+lock; the automatic one stays on at a higher threshold as a backstop.
 """
 
 from __future__ import annotations
@@ -17,17 +24,32 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection, Engine
 
-_locks: dict[tuple[int, str], tuple[int, threading.Lock]] = {}
+CHECKPOINT_EVERY = 200  # writes by one process between its passive WAL checkpoints
+AUTOCHECKPOINT_PAGES = 10_000  # SQLite's own checkpoint, in pages (default 1000): a backstop
+
+
+class _FileLock:
+    """One database's lock file in this process, and its writes since the last checkpoint."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path + ".writelock", os.O_CREAT | os.O_RDWR, 0o600)
+        self.threads = threading.Lock()  # threads share the open file: flock can't separate them
+        self.writes = 0
+
+
+_locks: dict[tuple[int, str], _FileLock] = {}
 _guard = threading.Lock()
 
 
-def _lock_for(path: str) -> tuple[int, threading.Lock]:
+def _lock_for(path: str) -> _FileLock:
     key = (os.getpid(), path)  # a forked worker needs its own open file
-    with _guard:
-        if key not in _locks:
-            fd = os.open(path + ".writelock", os.O_CREAT | os.O_RDWR, 0o600)
-            _locks[key] = (fd, threading.Lock())
-        return _locks[key]
+    lock = _locks.get(key)
+    if lock is None:
+        with _guard:
+            lock = _locks.get(key)
+            if lock is None:
+                lock = _locks[key] = _FileLock(path)
+    return lock
 
 
 @contextlib.contextmanager
@@ -37,13 +59,31 @@ def writing(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    fd, local = _lock_for(database)
-    with local:  # threads of this process share one open file: flock would not separate them
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    lock = _lock_for(database)
+    with lock.threads:
+        fcntl.flock(lock.fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(lock.fd, fcntl.LOCK_UN)
+        lock.writes += 1
+        due = lock.writes >= CHECKPOINT_EVERY
+        if due:
+            lock.writes = 0
+    if due:
+        checkpoint(engine)
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL into the database as far as readers allow, without blocking writers."""
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        cursor.fetchall()
+        cursor.close()
+    finally:
+        connection.close()
 
 
 @contextlib.contextmanager

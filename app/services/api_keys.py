@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+import time
+from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
 
@@ -60,12 +61,12 @@ def authenticate(key: str) -> int | None:
     if row is None or not crypto.same(row[1], digest):
         return None
     key_id = int(row[0])
-    now = utcnow()
+    now = time.monotonic()
     noted = _last_noted.get(digest)
-    if noted is None or now - noted > LAST_USED_RESOLUTION:
+    if noted is None or now - noted > LAST_USED_RESOLUTION.total_seconds():
         _last_noted[digest] = now  # per process: each worker writes at most once a minute
         with writelock.transaction(engine) as conn:
-            conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+            conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
     return key_id
 
 
@@ -76,7 +77,7 @@ _LIVE_KEY = prepared.Statements(
     ),
     ("digest",),
 )
-_last_noted: dict[str, datetime] = {}  # by digest: ids repeat across databases in tests
+_last_noted: dict[str, float] = {}  # by digest: ids repeat across databases in tests
 
 
 def created_recently(name: str, seconds: float = 300) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -107,16 +108,17 @@ def enqueue(
         if existing is None:
             raise
         return _replay(existing, idempotency_hash)
-    log.info(
-        "message queued",
-        extra={
-            "mid": new_id,
-            "message_id": built.message_id,
-            "status": QUEUED,
-            "recipients": len(built.recipients),
-            "bytes": len(built.data),
-        },
-    )
+    if log.isEnabledFor(logging.INFO):  # the extra dict costs more than the call
+        log.info(
+            "message queued",
+            extra={
+                "mid": new_id,
+                "message_id": built.message_id,
+                "status": QUEUED,
+                "recipients": len(built.recipients),
+                "bytes": len(built.data),
+            },
+        )
     return Enqueued(new_id, built.message_id, QUEUED)
 
 
