@@ -42,19 +42,25 @@ class Prepared:
             raise ValueError(f"the statement needs values for {missing}")
         self.positional = dialect.positional
         self.order = tuple(order)
-        # (name, the type's bind processor or None), in the statement's parameter order
-        self.plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] = tuple(
-            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in self.order
-        )
+        # (name, the type's bind processor or None, the type), in parameter order
+        plan = []
+        for name in self.order:
+            impl = binds[name].type.dialect_impl(dialect)
+            plan.append((name, impl.bind_processor(dialect), type(impl)))
+        self.plan: tuple[tuple[str, Callable[[Any], Any] | None, type], ...] = tuple(plan)
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """Return the DBAPI parameters for `values`, each processed as its column's type."""
-        processed = [
-            value if process is None or value is None else process(value)
-            for name, process in self.plan
-            for value in (values[name],)
-        ]
+        processed: list[Any] = []
+        done: dict[tuple[int, type], Any] = {}  # one timestamp in 3 columns: formatted once
+        for name, process, kind in self.plan:
+            value = values[name]
+            if process is not None and value is not None:
+                key = (id(value), kind)
+                if key not in done:
+                    done[key] = process(value)
+                value = done[key]
+            processed.append(value)
         if self.positional:
             return tuple(processed)
         return dict(zip(self.order, processed, strict=True))

@@ -150,6 +150,8 @@ def test_text_and_html_round_trip():
     [
         ("plain ascii\n", "7bit"),
         ("x" * 2000 + "\n", "quoted-printable"),  # too long for a 7bit line
+        ("short\n" + "x" * 998 + "\nshort\n", "7bit"),  # the longest line allowed
+        ("short\n" + "x" * 999 + "\nshort\n", "quoted-printable"),  # one more
         ("nul \x00 byte\n", "quoted-printable"),
         ("Grüße aus Köln: this is mostly plain English text, so QP wins.\n", "quoted-printable"),
         ("Привет, как дела? Это тестовое сообщение.\n" * 3, "base64"),
@@ -613,6 +615,7 @@ def test_parse_raw_without_body():
         ("From: a@example.com\nFrom: b@example.com\nTo: c@example.org\n\nx", {}, "2 times"),
         ("From: a@example.com\nTo: b@example.org\nX: " + "y" * 1000 + "\n\nx", {}, "998"),
         ("From: a@example.com\nTo: b@example.org\n\n" + "y" * 1000 + "\n", {}, "998"),
+        ("From: a@example.com\nTo: b@example.org\n\nok\r\n" + "y" * 999, {}, "998"),
         ("\nbody only", {}, "no header section"),
         ("   \n", {}, "empty"),
         ("From: a@example.com\n\nx", {"recipients": ["bad address"]}, "not a valid email"),
@@ -764,3 +767,9 @@ def test_extract_links_from_raw_base64_part():
         f"Content-Transfer-Encoding: base64\r\n\r\n{body}\r\n"
     ).encode()
     assert extract_links(message) == ["https://b64.example/path"]
+
+
+def test_parse_raw_keeps_a_body_line_of_exactly_998():
+    body = "x" * 998
+    built = raw(f"From: a@example.com\nTo: b@example.org\n\nok\n{body}\n")
+    assert built.data.endswith(b"\r\n\r\nok\r\n" + body.encode() + b"\r\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -147,3 +148,32 @@ def test_two_requests_racing_with_one_idempotency_key_store_one_message(
         looked.clear()
         queue.enqueue(built, api_key_id=key_row.id, idempotency_key="k1", idempotency_hash="other")
     assert db.session.scalar(select(func.count()).select_from(Message)) == 1
+
+
+def test_sqlite_keeps_one_connection_and_lends_it_to_one_thread_at_a_time(app: Any) -> None:
+    engine = db.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the kept connection is SQLite's")
+    with prepared.connection(engine) as first, prepared.connection(engine) as meanwhile:
+        # The kept one is lent out: the second comes from the pool.
+        assert meanwhile.dbapi_connection is not first
+    with prepared.connection(engine) as again:
+        assert again is first
+    engine.dispose()  # the kept connection is closed with its engine
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        first.execute("SELECT 1")
+    with prepared.connection(engine) as fresh:
+        assert fresh is not first and fresh.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_connection_left_in_a_transaction_is_not_kept(app: Any) -> None:
+    engine = db.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the kept connection is SQLite's")
+    with pytest.raises(RuntimeError), prepared.connection(engine) as broken:
+        broken.execute("INSERT INTO events (at, type, detail) VALUES ('2030-01-01', 'x', 'y')")
+        raise RuntimeError("a bug between the insert and the commit")
+    with prepared.connection(engine) as next_one:
+        assert next_one is not broken and not next_one.in_transaction
+    # Nothing of the abandoned transaction was committed.
+    assert db.session.scalar(select(func.count()).select_from(Event)) == 0

@@ -88,7 +88,7 @@ def http_error(exc: HTTPException) -> tuple[Response, int]:
 @bp.post("/send")
 def send() -> Any:
     """Validate a message, store it durably and queue it; answer 202 with its id."""
-    if not request.mimetype or request.mimetype != "application/json":
+    if request.mimetype != "application/json":
         return api_error(
             415,
             "unsupported_media_type",
