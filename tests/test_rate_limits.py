@@ -74,9 +74,7 @@ def test_two_processes_share_a_keys_limit_through_redis(tmp_path: Any) -> None:
     assert codes == [200, 200, 200, 429]
 
 
-def test_api_and_health_responses_set_no_session_cookie(
-    client: Any, auth: dict[str, str]
-) -> None:
+def test_api_and_health_responses_set_no_session_cookie(client: Any, auth: dict[str, str]) -> None:
     for response in (
         client.get("/api/messages", headers=auth),
         client.post("/api/send", json={"to": []}, headers=auth),

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app import crypto, ratelimit, settings_of
+from app import ratelimit, settings_of
 from app.api.schemas import SendRequest, errors_to_fields
 from app.domain import mime
 from app.domain.links import extract_links
@@ -47,14 +47,14 @@ def authenticate() -> Any:
     if scheme.lower() != "bearer" or not key:
         limits.refused(address)
         return api_error(401, "unauthorized", "send your API key as 'Authorization: Bearer KEY'")
-    key_id = api_keys.authenticate(key)
-    if key_id is None:
+    live = api_keys.authenticate(key)
+    if live is None:
         limits.refused(address)
         return api_error(401, "unauthorized", "the API key is not valid or has been revoked")
-    refusal = limits.hit_key(crypto.hash_api_key(key))
+    refusal = limits.hit_key(live.digest)
     if refusal is not None:
         return too_many(refusal, "too many requests with this API key")
-    g.api_key_id = key_id
+    g.api_key_id = live.id
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
@@ -14,6 +15,20 @@ from app.models import ApiKey, utcnow
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+# A key found live is trusted for this long without asking the database again: the lookup
+# would otherwise run on every API request. A revocation reaches this process at once,
+# and the other processes (gunicorn workers, a revoke from the CLI) within LIVE_FOR.
+LIVE_FOR = 1.0
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """A live API key: its row id and its digest (the rate limits' identity)."""
+
+    id: int
+    digest: str
 
 
 class ApiKeyError(ValueError):
@@ -39,35 +54,43 @@ def listing() -> list[ApiKey]:
 
 
 def revoke(name: str) -> ApiKey:
-    """Revoke a key by name; it stops working at once."""
+    """Revoke a key by name: at once in this process, within LIVE_FOR seconds in the others."""
     row = db.session.scalar(select(ApiKey).where(ApiKey.name == name))
     if row is None:
         raise ApiKeyError(f"no API key named {name!r}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         db.session.commit()
+    _live.pop(row.key_hash, None)
     return row
 
 
-def authenticate(key: str) -> int | None:
-    """Return the id of the live key that matches, or None; note its use about once a minute."""
+def authenticate(key: str) -> Authenticated | None:
+    """Return the live key that matches, or None; note its use about once a minute."""
     if not key.startswith("rb_") or len(key) > 128:
         return None
     digest = crypto.hash_api_key(key)
+    now = time.monotonic()
+    live = _live.get(digest)
+    if live is not None and now - live[1] < LIVE_FOR:
+        return live[0]
     # The lookup is by digest: a timing difference reveals nothing about the key itself.
     engine = db.engine
     with prepared.raw_cursor(engine) as cursor:
         row = _LIVE_KEY.on(engine).execute(cursor, {"digest": digest}).fetchone()
     if row is None or not crypto.same(row[1], digest):
+        _live.pop(digest, None)
         return None
-    key_id = int(row[0])
-    now = time.monotonic()
+    found = Authenticated(int(row[0]), digest)
+    _live[digest] = (found, now)
+    if len(_live) > 10_000:  # keys are few; bound it anyway
+        _live.clear()
     noted = _last_noted.get(digest)
     if noted is None or now - noted > LAST_USED_RESOLUTION.total_seconds():
         _last_noted[digest] = now  # per process: each worker writes at most once a minute
         with writelock.transaction(engine) as conn:
-            conn.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
-    return key_id
+            conn.execute(update(ApiKey).where(ApiKey.id == found.id).values(last_used_at=utcnow()))
+    return found
 
 
 # Run on every API request: the key's id and digest, neither needing result processing.
@@ -77,7 +100,9 @@ _LIVE_KEY = prepared.Statements(
     ),
     ("digest",),
 )
-_last_noted: dict[str, float] = {}  # by digest: ids repeat across databases in tests
+# Both by digest (key ids repeat across the databases of a test run).
+_last_noted: dict[str, float] = {}  # digest → when this process last wrote last_used_at
+_live: dict[str, tuple[Authenticated, float]] = {}  # digest → (the key, when it was read)
 
 
 def created_recently(name: str, seconds: float = 300) -> bool:
