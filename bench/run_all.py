@@ -36,7 +36,7 @@ BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
         ["--messages", "1000", "--runs", "1", "--profile"],
         1800,
     ),
-    "api": (api, ["--seconds", "10", "--runs", "3"], ["--seconds", "3", "--runs", "1"], 900),
+    "api": (api, ["--seconds", "10", "--runs", "5"], ["--seconds", "3", "--runs", "1"], 900),
     "failover": (failover, ["--runs", "3"], ["--runs", "1"], 900),
 }
 
