@@ -394,9 +394,7 @@ def render(r: dict[str, Any]) -> str:
             "pydantic validation, the MIME build, and the SQLite insert and commit (about "
             "110 µs under the write lock, which four processes share). Under load four "
             "workers on two cores cost each request more CPU than one worker does (about "
-            "1.3x for Relayboard, 1.2x for the bare app: cache misses and the lock), which "
-            "is why the single-process instruction ratio (about 0.37) and the measured one "
-            "differ. The body posted is the same every time, so the email-validator cache "
+            "1.3x for Relayboard, 1.2x for the bare app: cache misses and the lock). The body posted is the same every time, so the email-validator cache "
             "(4096 addresses) always hits; new recipients cost about 60 µs each more.",
         ]
     )
