@@ -27,10 +27,9 @@ INSERT_EVENT = prepared.Statements(
 )
 
 
-def insert_event(at: datetime, data: Any, detail: str = "prepared") -> None:
-    engine = db.engine
-    statement = INSERT_EVENT.on(engine)
-    values = {
+def event_values(at: datetime, data: Any = None, detail: str = "prepared") -> dict[str, Any]:
+    """Every value the prepared event insert needs."""
+    return {
         "at": at,
         "type": "circuit",
         "message_id": None,
@@ -38,6 +37,12 @@ def insert_event(at: datetime, data: Any, detail: str = "prepared") -> None:
         "relay_id": None,
         "data": data,
     }
+
+
+def insert_event(at: datetime, data: Any, detail: str = "prepared") -> None:
+    engine = db.engine
+    statement = INSERT_EVENT.on(engine)
+    values = event_values(at, data, detail)
     with prepared.raw_transaction(engine, writelock.writing) as cursor:
         statement.execute(cursor, values)
 
@@ -72,14 +77,7 @@ def test_a_column_whose_default_sqlalchemy_would_fill_must_be_given(app: Any) ->
 def test_a_failed_statement_rolls_the_transaction_back(app: Any) -> None:
     engine = db.engine
     statement = INSERT_EVENT.on(engine)
-    good = {
-        "at": WHOLE_SECOND,
-        "type": "circuit",
-        "message_id": None,
-        "detail": "x",
-        "relay_id": None,
-        "data": None,
-    }
+    good = event_values(WHOLE_SECOND, detail="x")
     with (  # noqa: PT012
         pytest.raises(engine.dialect.loaded_dbapi.IntegrityError),
         prepared.raw_transaction(engine, writelock.writing) as cursor,
