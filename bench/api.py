@@ -405,7 +405,7 @@ def render(r: dict[str, Any]) -> str:
             "the write lock instead of inside a commit. What remains is Flask's request "
             "machinery and hooks (CSRF exemption check, sign-in check, security headers), "
             "pydantic validation, the MIME build, and the SQLite insert and commit (about "
-            "110 µs under the write lock, which four processes share). Under load four "
+            "110 µs under the write lock, which the workers share). Under load four "
             "workers on two cores cost each request more CPU than one worker does (about "
             "1.3x for Relayboard, 1.2x for the bare app: cache misses and the lock), which is "
             "why the oversubscribed run (4 workers on 2 cores) gives the lower ratio. The body "
