@@ -135,6 +135,8 @@ _inherited: list[Any] = []  # connections a forked child must neither use nor cl
 def _kept_for(engine: Engine) -> _Kept | None:
     if engine.dialect.name != "sqlite":
         return None  # elsewhere the pool's pre-ping keeps connections fresh: use the pool
+    if engine.url.database in (None, "", ":memory:"):
+        return None  # an in-memory database lives in the pool's one connection: leave it there
     kept = _kept.get(engine)
     if kept is None or kept.pid != os.getpid():
         with _kept_guard:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from app import prepared, writelock
 from app.domain import mime
@@ -175,3 +175,15 @@ def test_a_connection_left_in_a_transaction_is_not_kept(app: Any) -> None:
         assert next_one is not broken and not next_one.in_transaction
     # Nothing of the abandoned transaction was committed.
     assert db.session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+def test_an_in_memory_database_stays_in_the_pools_connection(app: Any) -> None:
+    """An in-memory SQLite database lives in one connection; taking it out would lose it."""
+    engine = create_engine("sqlite://")
+    Event.metadata.create_all(engine)
+    statement = INSERT_EVENT.on(engine)
+    with prepared.raw_transaction(engine) as cursor:
+        statement.execute(cursor, event_values(WHOLE_SECOND))
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Event)) == 1
+    engine.dispose()
