@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from typing import Any
 
@@ -57,11 +58,39 @@ class _SessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
+class _Flask(Flask):
+    """Flask, minus a per-hook coroutine check on every request: nothing here is async."""
+
+    def ensure_sync(self, func: Any) -> Any:
+        """Return views and hooks as they are (create_app refuses async ones)."""
+        return func
+
+
+def _refuse_async(app: Flask) -> None:
+    """Fail at start-up if a view or hook is a coroutine function (ensure_sync won't wrap it)."""
+    hooks = [
+        *app.view_functions.values(),
+        *(f for fs in app.before_request_funcs.values() for f in fs),
+        *(f for fs in app.after_request_funcs.values() for f in fs),
+        *(f for fs in app.teardown_request_funcs.values() for f in fs),
+        *app.teardown_appcontext_funcs,
+        *(
+            handler
+            for codes in app.error_handler_spec.values()
+            for handlers in codes.values()
+            for handler in handlers.values()
+        ),
+    ]
+    found = [getattr(f, "__qualname__", repr(f)) for f in hooks if inspect.iscoroutinefunction(f)]
+    if found:
+        raise RuntimeError(f"async views or hooks are not supported here: {', '.join(found)}")
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Create the Relayboard application; `config` overrides settings (tests pass a Settings)."""
     config = dict(config or {})
     settings: Settings = config.pop("SETTINGS", None) or Settings.from_env()
-    app = Flask(
+    app = _Flask(
         __name__,
         instance_path=str(settings.instance_path),
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -109,6 +138,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 headers.add(name, value)
         return response
 
+    _refuse_async(app)
     return app
 
 

@@ -594,3 +594,16 @@ class TestDeliveryLogs:
         assert changes == ["queued", "sent"]
         for line in lines:
             assert BODY_MARKER not in line and PASSWORD not in line
+
+
+def test_an_async_view_is_refused_at_start_up(app: Any) -> None:
+    """Views and hooks run as they are (no per-request coroutine check), so none may be async."""
+    from app import _refuse_async
+
+    async def later() -> str:
+        return "never awaited"
+
+    _refuse_async(app)  # the app as built passes
+    app.add_url_rule("/later", "later", later)
+    with pytest.raises(RuntimeError, match="later"):
+        _refuse_async(app)
