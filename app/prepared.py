@@ -2,8 +2,8 @@
 
 SQLAlchemy's execution layer (connection checkout events, compiled-cache lookup, result
 proxies) costs tens of microseconds per statement. That is nothing for a page, but
-`POST /api/send` runs three statements per request and is measured against a route that
-runs none. A `Prepared` statement keeps SQLAlchemy's part that matters — the SQL as the
+`POST /api/send` runs a key lookup and an insert per request and is measured against a
+route that runs none. A `Prepared` statement keeps SQLAlchemy's part that matters — the SQL as the
 dialect writes it and each column type's bind processing (JSON, DateTime on SQLite) —
 and skips the rest. Only plain INSERT and SELECT statements on one engine use it; every
 other query goes through the ORM or Core as usual.
@@ -64,15 +64,6 @@ class Prepared:
         if self.positional:
             return tuple(processed)
         return dict(zip(self.order, processed, strict=True))
-
-    def replace(
-        self, parameters: Sequence[Any] | dict[str, Any], name: str, value: Any
-    ) -> Sequence[Any] | dict[str, Any]:
-        """Return `parameters` with one value (one that needs no processing) replaced."""
-        if isinstance(parameters, dict):
-            return {**parameters, name: value}
-        index = self.order.index(name)
-        return (*parameters[:index], value, *parameters[index + 1 :])
 
     def run(self, cursor: DBAPICursor, parameters: Sequence[Any] | dict[str, Any]) -> DBAPICursor:
         """Run the statement with parameters from `parameters()`; fetch rows from the cursor."""

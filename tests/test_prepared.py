@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +188,23 @@ def test_an_in_memory_database_stays_in_the_pools_connection(app: Any) -> None:
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Event)) == 1
     engine.dispose()
+
+
+def test_the_wal_is_checkpointed_every_few_writes_not_left_to_grow(
+    app: Any, send: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own checkpoint waits for 10,000 pages; the write lock runs one every N writes."""
+    engine = db.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the WAL is SQLite's")
+    database = Path(engine.url.database or "")
+
+    def in_database_file(message_id: str) -> bool:
+        return message_id.strip("<>").encode() in database.read_bytes()
+
+    monkeypatch.setattr(writelock, "CHECKPOINT_EVERY", 1000)
+    early = send()["message_id"]
+    assert not in_database_file(early)  # committed to the WAL only
+    monkeypatch.setattr(writelock, "CHECKPOINT_EVERY", 1)
+    late = send()["message_id"]
+    assert in_database_file(early) and in_database_file(late)

@@ -119,6 +119,17 @@ def _names_in_table(page: Page) -> Any:
     return page.locator("#relay-rows tr td[data-label=Name] a")
 
 
+def _relays_page_with_three(page: Page, live: LiveServer, smtp_server: Any) -> Any:
+    """Add alpha, bravo and charlie, open the Relays page; return the names in the table."""
+    for name in ("alpha", "bravo", "charlie"):
+        add_relay(live, name, smtp_server)
+    sign_in(page, live)
+    _nav(page, "Relays")
+    names = _names_in_table(page)
+    expect(names).to_have_text(["alpha", "bravo", "charlie"])
+    return names
+
+
 def _after_a_table_poll(page: Page) -> None:
     """Return just after the table's 2-second poll answered: the next is ~2 s away.
 
@@ -140,12 +151,7 @@ def _settled(page: Page) -> None:
 def test_reorder_relays_by_drag_and_by_buttons(
     page: Page, live: LiveServer, smtp_server: Any
 ) -> None:
-    for name in ("alpha", "bravo", "charlie"):
-        add_relay(live, name, smtp_server)
-    sign_in(page, live)
-    _nav(page, "Relays")
-    names = _names_in_table(page)
-    expect(names).to_have_text(["alpha", "bravo", "charlie"])
+    names = _relays_page_with_three(page, live, smtp_server)
 
     # Drag charlie's handle onto the top of alpha's row: charlie goes first.
     url = set_marker(page)
@@ -182,12 +188,7 @@ def test_reorder_relays_by_drag_and_by_buttons(
 
 
 def test_slow_drag_survives_the_table_poll(page: Page, live: LiveServer, smtp_server: Any) -> None:
-    for name in ("alpha", "bravo", "charlie"):
-        add_relay(live, name, smtp_server)
-    sign_in(page, live)
-    _nav(page, "Relays")
-    names = _names_in_table(page)
-    expect(names).to_have_text(["alpha", "bravo", "charlie"])
+    names = _relays_page_with_three(page, live, smtp_server)
 
     # An operator picks charlie up, hesitates over the table for 3 s (longer than one poll
     # period, so a poll falls inside), then drops it on top of alpha.
