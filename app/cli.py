@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import Any
@@ -18,6 +17,7 @@ from app.extensions import db
 from app.models import DEFERRED, QUEUED, Message, utcnow
 from app.services import api_keys, relays
 from app.services.delivery import DeliveryEngine
+from app.transport import loop as event_loop
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
 
@@ -156,7 +156,9 @@ def servers_test(name: str) -> None:
     timeouts = Timeouts(
         settings.connect_timeout, settings.command_timeout, settings.attempt_deadline
     )
-    result = asyncio.run(probe(endpoint, timeouts, ca_file=settings.ca_file))
+    result = event_loop.run(
+        probe(endpoint, timeouts, ca_file=settings.ca_file), settings.event_loop
+    )
     for step in result.steps:
         mark = "ok  " if step.ok else "FAIL"
         click.echo(f"{mark} {step.name:<9} {step.ms:>9.1f} ms  {step.detail}")

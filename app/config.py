@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.transport.loop import LOOPS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
 
@@ -125,6 +127,7 @@ class Settings:
     routing: str = "failover"
     api_rate_limit: str = "6000 per minute"
     ratelimit_storage: str = "memory://"
+    event_loop: str = LOOPS[0]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -175,4 +178,5 @@ class Settings:
             routing=_env_choice(
                 env, "RELAYBOARD_ROUTING", "failover", ("failover", "load_balance")
             ),
+            event_loop=_env_choice(env, "RELAYBOARD_EVENT_LOOP", LOOPS[0], LOOPS),
         )

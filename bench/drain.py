@@ -34,6 +34,7 @@ from _common import (
 )
 
 CONNECTIONS = 8
+LOOPS = ("uvloop", "asyncio")  # both sides run on the same event loop: Relayboard's default first
 TARGET_RATIO = 0.70
 RUN_DEADLINE = 180.0  # seconds: no single timed loop runs longer than this
 
@@ -64,14 +65,18 @@ async def _baseline(host: str, port: int, messages: list[Any], deadline: float) 
     return sent
 
 
-def run_baseline(sink: ServerProcess, count: int) -> dict[str, Any]:
-    """Send `count` prebuilt messages over 8 reused connections; return msg/s."""
+def run_baseline(sink: ServerProcess, count: int, loop: str = LOOPS[0]) -> dict[str, Any]:
+    """Send `count` prebuilt messages over 8 reused connections on `loop`; return msg/s."""
+    from app.transport import loop as event_loop
+
     messages = [build(i) for i in range(count)]
     expected = {m.message_id for m in messages}
     sink.reset()
     cpu0 = time.process_time()
     started = time.perf_counter()
-    sent = asyncio.run(_baseline(sink.host, sink.port, messages, time.monotonic() + RUN_DEADLINE))
+    sent = event_loop.run(
+        _baseline(sink.host, sink.port, messages, time.monotonic() + RUN_DEADLINE), loop
+    )
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     check = _check_sink(sink, expected)
@@ -111,7 +116,9 @@ def _profiled_engine_class() -> Any:
     return ProfiledEngine
 
 
-def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> dict[str, Any]:
+def run_relayboard(
+    sink: ServerProcess, count: int, profile: bool = False, loop: str = LOOPS[0]
+) -> dict[str, Any]:
     """Enqueue `count` messages (untimed), then time one DeliveryEngine.drain()."""
     from app import settings_of
     from app.extensions import db
@@ -119,7 +126,7 @@ def run_relayboard(sink: ServerProcess, count: int, profile: bool = False) -> di
     from app.services.delivery import DeliveryEngine
 
     with tempdir("drain") as tmp:
-        app = make_app(Path(tmp))
+        app = make_app(Path(tmp), RELAYBOARD_EVENT_LOOP=loop)
         with app.app_context():
             relays.create(
                 name="sink",
@@ -228,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="cProfile one extra Relayboard drain and print the hot spots",
     )
+    parser.add_argument(
+        "--loop", choices=LOOPS, default=LOOPS[0], help="event loop of both sides (default uvloop)"
+    )
     parser.add_argument("--json", help="where to write the result (default bench/out/drain.json)")
     args = parser.parse_args(argv)
     count = max(1, min(args.messages, 100_000))
@@ -237,19 +247,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     relayboard: list[dict[str, Any]] = []
     busy_before: list[float] = []
     with ServerProcess("smtp") as sink:
-        run_baseline(sink, min(count, 500))  # warm up both paths (imports, sockets)
-        run_relayboard(sink, min(count, 200))
+        run_baseline(sink, min(count, 500), args.loop)  # warm up both (imports, sockets)
+        run_relayboard(sink, min(count, 200), loop=args.loop)
         for i in range(runs):
             busy_before.append(wait_for_quiet(limit=30))
-            baseline.append(run_baseline(sink, count))
-            relayboard.append(run_relayboard(sink, count))
+            baseline.append(run_baseline(sink, count, args.loop))
+            relayboard.append(run_relayboard(sink, count, loop=args.loop))
             print(
                 f"run {i + 1}/{runs}: baseline {baseline[-1]['rate']:.0f} msg/s, "
                 f"relayboard {relayboard[-1]['rate']:.0f} msg/s "
                 f"(exact: {baseline[-1]['exact']}/{relayboard[-1]['exact']})",
                 flush=True,
             )
-        profiled = run_relayboard(sink, count, profile=True) if args.profile else None
+        profiled = (
+            run_relayboard(sink, count, profile=True, loop=args.loop) if args.profile else None
+        )
         sink_cpu = sink.cpu_seconds()
 
     base_rate = median(r["rate"] for r in baseline)
@@ -259,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "messages": count,
         "runs": runs,
         "connections": CONNECTIONS,
+        "event_loop": args.loop,
         "baseline_rate": base_rate,
         "relayboard_rate": rb_rate,
         # Each run pairs the baseline and Relayboard back to back: the ratio is taken
@@ -301,6 +314,9 @@ def render(r: dict[str, Any]) -> str:
             f"{r['messages']} messages of ~2 KB (text + html) to one aiosmtpd sink on 127.0.0.1 "
             f"in a separate process; {r['connections']} reused connections on both sides; "
             f"median of {r['runs']} runs, each running the baseline and then Relayboard. "
+            f"Both sides run on the same event loop: {r.get('event_loop', 'asyncio')} "
+            "(Relayboard's default is uvloop; `--loop asyncio` runs both on the standard "
+            "library's). "
             "Baseline: 8 asyncio tasks, each one `aiosmtplib.SMTP` connection calling `sendmail` "
             "with prebuilt messages. Relayboard: temp SQLite queue filled with `queue.enqueue` "
             "(not timed), one relay (security none, max_per_connection 100000), "

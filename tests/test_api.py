@@ -120,6 +120,8 @@ def test_it_queues_a_structured_message_and_answers_202(
     assert answer["status"] == "queued"
     assert answer["message_id"].startswith("<") and answer["message_id"].endswith("@example.com>")
     assert response.headers["Location"].endswith(f"/api/messages/{answer['id']}")
+    assert response.headers["Location"] == f"/api/messages/{answer['id']}"
+    assert response.headers["Content-Length"] == str(len(response.data))
     message = row(answer["id"])
     assert message.status == "queued" and message.message_id == answer["message_id"]
     assert message.recipients == ["alice@example.org", "carol@example.org", "dave@example.org"]
@@ -607,3 +609,29 @@ def test_an_async_view_is_refused_at_start_up(app: Any) -> None:
     app.add_url_rule("/later", "later", later)
     with pytest.raises(RuntimeError, match="later"):
         _refuse_async(app)
+
+
+def test_the_location_is_a_uri_under_any_mount_point(
+    client: FlaskClient, auth: dict[str, str]
+) -> None:
+    # Mounted under a prefix with a space and an accent: the Location is percent-encoded.
+    response = client.post(
+        "/api/send", json=body(), headers=auth, base_url="http://localhost/mail%20gate/%C3%A9/"
+    )
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    assert response.headers["Location"] == f"/mail%20gate/%C3%A9/api/messages/{answer['id']}"
+
+
+def test_the_location_of_a_202_is_sent_without_werkzeugs_iri_conversion(
+    client: FlaskClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import werkzeug.wrappers.response
+
+    def refuse(iri: str, *args: Any, **kwargs: Any) -> str:
+        raise AssertionError(f"iri_to_uri({iri!r}) on the hot path")
+
+    monkeypatch.setattr(werkzeug.wrappers.response, "iri_to_uri", refuse)
+    response = post(client, auth, body())
+    assert response.status_code == 202, response.get_json()
+    assert response.headers["Location"] == f"/api/messages/{response.get_json()['id']}"

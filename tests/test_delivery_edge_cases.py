@@ -503,3 +503,39 @@ def test_a_mixed_pass_leaves_no_session_or_message_behind(
     assert ("busy@example.org",) in pending
     outcomes = Counter(a.outcome for a in db.session.scalars(select(Attempt)))
     assert outcomes["failover"] == 1  # the dead relay: one refused connect, then down
+
+
+# -- a slow first attempt ------------------------------------------------------------------
+
+
+def test_a_slow_relay_with_no_backup_is_waited_for_not_deferred(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    # Slower than the connect patience (0.3 s), well within the command timeout (2 s):
+    # with nowhere to fail over to, deferring the others would only delay them more.
+    smtp_server.delay("mail", 0.6)
+    add_relay("primary", smtp_server)
+    ids = [send()["id"] for _ in range(6)]
+    report = engine_with(app).drain()
+    assert {message(pk).status for pk in ids} == {"sent"}, report
+    assert report.deferred == 0
+    assert len(smtp_server.received) == 6
+
+
+def test_a_slow_primary_fails_over_except_for_messages_pinned_to_it(
+    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    primary, backup = smtp_server_factory(), smtp_server_factory()
+    primary.delay("mail", 0.6)
+    first = add_relay("primary", primary, priority=1)
+    add_relay("backup", backup, priority=2)
+    free = [send()["id"] for _ in range(4)]
+    pinned = [queue.enqueue(utf8_message("me@example.org"), pinned_relay_id=first.id).id]
+    pinned.append(queue.enqueue(utf8_message("me@example.org"), pinned_relay_id=first.id).id)
+    report = engine_with(app).drain()
+    assert {message(pk).status for pk in free + pinned} == {"sent"}, report
+    # The first message holds the primary's only slot until it is proven; the other
+    # free ones go on to the backup after the patience, the pinned ones wait their turn.
+    assert len(backup.received) == 3
+    assert {message(pk).relay_id for pk in pinned} == {first.id}
+    assert len(primary.received) == 3

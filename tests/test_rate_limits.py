@@ -37,6 +37,31 @@ def test_guessing_keys_is_limited_per_address(client: Any) -> None:
     assert codes[:30] == [401] * 30 and codes[30] == 429
 
 
+def test_a_blocked_address_is_refused_before_any_lookup_but_a_key_just_seen_live_goes_on(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_keys, "LIVE_FOR", 60.0)  # a slow machine must not end the trust
+    _, seen = api_keys.create("busy-app")
+    _, unseen = api_keys.create("quiet-app")
+    assert (
+        client.get("/api/messages", headers={"Authorization": f"Bearer {seen}"}).status_code == 200
+    )
+    for i in range(31):  # someone behind the same address guesses keys
+        client.get("/api/messages", headers={"Authorization": f"Bearer rb_guess{i}"})
+    # The key this worker found live within the last second costs no lookup: it goes on.
+    ok = client.get("/api/messages", headers={"Authorization": f"Bearer {seen}"})
+    assert ok.status_code == 200
+    # Any other key from the address waits, valid or not: the lookup is what is limited.
+    for key in (unseen, "rb_guess99"):
+        refused = client.get("/api/messages", headers={"Authorization": f"Bearer {key}"})
+        assert refused.status_code == 429, key
+        assert "too many refused API keys" in refused.get_json()["error"]["message"]
+    # When its trust runs out (here: emptied), the seen key is looked up again and waits.
+    api_keys._live.clear()
+    again = client.get("/api/messages", headers={"Authorization": f"Bearer {seen}"})
+    assert again.status_code == 429
+
+
 def _redis_up() -> bool:
     import socket
 

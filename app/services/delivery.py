@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ from app.domain.routing import RelayChoice, failover_order, load_balance_order
 from app.models import DEFERRED, FAILED, LOGGED, SENT, Event, Relay, utcnow
 from app.services import queue
 from app.services.relays import RelaySnapshot, snapshot
+from app.transport import loop as event_loop
 from app.transport.pool import RelayPool, RelayUnavailable
 from app.transport.smtp import Endpoint, RelaySession, SendResult, Timeouts, TransportError
 
@@ -198,7 +200,10 @@ class DeliveryEngine:
         max_messages: int | None = None,
     ) -> PassReport:
         """Deliver everything that is due now, then return what was done."""
-        return asyncio.run(self._drain(stop or threading.Event(), progress, max_messages))
+        return event_loop.run(
+            self._drain(stop or threading.Event(), progress, max_messages),
+            self.settings.event_loop,
+        )
 
     async def _drain(
         self,
@@ -541,7 +546,8 @@ class DeliveryEngine:
         previous: RelayState | None = None
         reason = ""
         sent_via: RelayState | None = None
-        for state in self._route(message):
+        route = self._route(message)
+        for index, state in enumerate(route):
             if not to_try:
                 break
             now = utcnow()
@@ -553,7 +559,8 @@ class DeliveryEngine:
                 events.append(self._failover_event(message, previous, state, reason))
             if state.snap.provider == "log":
                 return self._logged(message, state, to_try, delivered, attempts, events)
-            verdicts = await self._try_relay(state, message, to_try, attempts)
+            last_resort = functools.partial(self._last_resort, message, route, index)
+            verdicts = await self._try_relay(state, message, to_try, attempts, last_resort)
             to_try = []
             for recipient, verdict in verdicts.items():
                 if verdict.action == Action.DELIVERED:
@@ -709,14 +716,27 @@ class DeliveryEngine:
             pending_recipients=pending_list,
         )
 
+    @staticmethod
+    def _last_resort(message: queue.Claimed, route: list[RelayState], index: int) -> bool:
+        """Whether no relay after route[index] could take the message now."""
+        if message.pinned_relay_id is not None:
+            return True
+        now = utcnow()
+        return all(s.pool.down or s.unavailable(now) for s in route[index + 1 :])
+
     async def _try_relay(
         self,
         state: RelayState,
         message: queue.Claimed,
         recipients: list[str],
         attempts: list[dict[str, Any]],
+        last_resort: Callable[[], bool] | None = None,
     ) -> dict[str, Verdict]:
-        """Send through one relay; return a verdict per recipient and update the circuit."""
+        """Send through one relay; return a verdict per recipient and update the circuit.
+
+        `last_resort` says whether another relay could still take the message: when
+        none can, waiting for a slow first attempt beats deferring the message.
+        """
         started = time.perf_counter()
         now = utcnow()
         state.change(*breaker.tick(state.circuit, now), now)
@@ -725,7 +745,9 @@ class DeliveryEngine:
             state.trial_in_flight = True
         try:
             try:
-                session = await state.pool.acquire(admit=lambda: self._admit(state))
+                session = await state.pool.acquire(
+                    admit=lambda: self._admit(state), last_resort=last_resort
+                )
             except RelayUnavailable as exc:
                 verdict = Verdict(Action.FAILOVER, Scope.SERVER, exc.reason)
                 return dict.fromkeys(recipients, verdict)

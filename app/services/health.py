@@ -22,6 +22,7 @@ from app.domain.breaker import CircuitState
 from app.extensions import db
 from app.models import HealthCheck, JobLease, Relay, utcnow
 from app.services import relays
+from app.transport import loop as event_loop
 from app.transport.smtp import Endpoint, ProbeResult, Timeouts, probe
 
 log = logs.get("health")
@@ -46,7 +47,9 @@ def expected_steps(relay: Relay) -> list[str]:
 def probe_relay(relay: Relay, trigger: str = SCHEDULE, by: str | None = None) -> HealthCheck:
     """Probe one relay now, store the check, and feed a success to its circuit."""
     endpoint, timeouts, ca_file = _probe_setup(relay)
-    result = asyncio.run(probe(endpoint, timeouts, ca_file=ca_file))
+    result = event_loop.run(
+        probe(endpoint, timeouts, ca_file=ca_file), settings_of(current_app).event_loop
+    )
     return _record(relay, result, trigger, by)
 
 
@@ -61,7 +64,7 @@ def run_scheduled_checks(
     if not targets:
         return []
     setups = [_probe_setup(relay) for relay in targets]
-    results = asyncio.run(_probe_all(setups))
+    results = event_loop.run(_probe_all(setups), settings_of(current_app).event_loop)
     checks = [
         _record(relay, result, SCHEDULE) for relay, result in zip(targets, results, strict=True)
     ]

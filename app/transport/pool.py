@@ -27,7 +27,9 @@ class RelayPool:
     answers 421 meets one message per breaker step, not a whole batch at once, and a
     relay that accepts connections but never greets holds one message for the
     connect timeout. Others wait at most `patience` seconds for that first attempt,
-    then try the next relay. After a failed connect the relay is down for the pass.
+    then try the next relay; a caller with no next relay to try waits the attempt out
+    instead, since deferring it would only delay it more. After a failed connect the
+    relay is down for the pass.
     """
 
     def __init__(
@@ -46,14 +48,21 @@ class RelayPool:
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def acquire(self, admit: Callable[[], str | None] | None = None) -> RelaySession:
+    async def acquire(
+        self,
+        admit: Callable[[], str | None] | None = None,
+        last_resort: Callable[[], bool] | None = None,
+    ) -> RelaySession:
         """Return a ready session; raise TransportError if this caller's connect failed.
 
         `admit` is asked again once a slot is free (the circuit may have opened while
         this caller waited); a reason it returns is raised as RelayUnavailable.
+        `last_resort` is asked once the first attempt has outlasted the patience: True
+        (no other relay could take this message) means wait for that attempt to end.
         """
         async with self._changed:
             waited_since = time.monotonic()
+            waiting_it_out = False
             while True:
                 if self.down:
                     raise RelayUnavailable(self.down)
@@ -66,19 +75,23 @@ class RelayPool:
                     if self._idle:
                         return self._idle.pop()
                     break
-                if self._proven:
+                if self._proven or waiting_it_out:
                     await self._changed.wait()
                     continue
-                if self._stalled_since is not None:
-                    pending = time.monotonic() - self._stalled_since
-                    raise RelayUnavailable(
-                        f"not answering: its first attempt has been pending for {pending:.1f} s"
-                    )
-                remaining = self.patience - (time.monotonic() - waited_since)
-                try:
-                    await asyncio.wait_for(self._changed.wait(), max(remaining, 0))
-                except TimeoutError:
-                    self._stalled_since = waited_since
+                if self._stalled_since is None:
+                    remaining = self.patience - (time.monotonic() - waited_since)
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), max(remaining, 0))
+                        continue
+                    except TimeoutError:
+                        self._stalled_since = waited_since
+                if last_resort is not None and last_resort():
+                    waiting_it_out = True  # the attempt ends by its own timeouts
+                    continue
+                pending = time.monotonic() - self._stalled_since
+                raise RelayUnavailable(
+                    f"not answering: its first attempt has been pending for {pending:.1f} s"
+                )
         try:
             return await self._opener(self.endpoint, self.timeouts)
         except TransportError as exc:

@@ -204,10 +204,10 @@ class RelaySession:
                     steps.append(StepTiming("auth", True, _ms(mark), endpoint.username))
         except TransportError as exc:
             steps.append(StepTiming(stage, False, _ms(mark), exc.detail))
-            smtp.close()
+            _close_now(smtp)
             raise
         except (Exception, asyncio.CancelledError) as exc:
-            smtp.close()
+            _close_now(smtp)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             error = _error(exc, stage)
@@ -287,10 +287,26 @@ class RelaySession:
 
     async def close(self) -> None:
         """Say QUIT politely (briefly) and close."""
+        transport = self.smtp.transport
         if self.smtp.is_connected and not self.broken:
             with contextlib.suppress(SMTPException, ConnectionError, OSError, TimeoutError):
                 await self.smtp.quit(timeout=min(2.0, self.timeouts.connect))
-        self.smtp.close()
+        _close_now(self.smtp, transport)
+
+
+def _close_now(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:
+    """Close a client's connection at once, TLS included.
+
+    Closing a TLS transport starts a close_notify exchange that runs on after the call;
+    at the end of a pass the event loop closes first (uvloop then reports the transport
+    as never closed). After QUIT, or a failure, there is nothing left to say: the
+    connection is aborted instead.
+    """
+    transport = transport or smtp.transport
+    smtp.close()
+    abort = getattr(transport, "abort", None)  # uvloop's transports are not asyncio.Transport
+    if abort is not None:
+        abort()
 
 
 def _ms(since: float) -> float:
