@@ -420,14 +420,12 @@ def render(r: dict[str, Any]) -> str:
             "over a Unix socket (a measurement build) left the workers' CPU per request where "
             "it was, about 700 µs, the round trip costing what the write had, and added its "
             "own 115 µs a row; Python's garbage collector takes about 20 µs a request. "
-            "The ratio also moves with the machine: "
-            "the code of the previous run measured 0.48 on an AMD EPYC machine whose bare app "
-            "served 2,750 req/s; on this one the bare app serves 4,200-8,300 req/s and the "
-            "ratio runs 0.31-0.52 per run: the bare app gained more from the faster CPU than "
-            "Relayboard did. Four workers on two cores measure about the same as two. The body "
-            "posted is "
-            "the same every time, so the email-validator cache (4096 addresses) always hits; "
-            "new recipients cost about 60 µs each more.",
+            "The ratio also moves with the machine: this code measured 0.39 (2 workers; "
+            "0.31-0.52 per run) on an Intel Xeon machine whose bare app served 4,900 req/s, "
+            "and 0.45-0.48 in two runs (0.38-0.50 per run) on an AMD EPYC one whose bare "
+            "app served 6,200 req/s. Four workers on two cores measure about the same as "
+            "two. The body posted is the same every time, so the email-validator cache (4096 "
+            "addresses) always hits; new recipients cost about 60 µs each more.",
         ]
     )
 
