@@ -82,9 +82,10 @@ class RelayPool:
                     remaining = self.patience - (time.monotonic() - waited_since)
                     try:
                         await asyncio.wait_for(self._changed.wait(), max(remaining, 0))
-                        continue
                     except TimeoutError:
+                        # A wake-up that raced the timeout is lost with it: look again.
                         self._stalled_since = waited_since
+                    continue
                 if last_resort is not None and last_resort():
                     waiting_it_out = True  # the attempt ends by its own timeouts
                     continue
