@@ -539,3 +539,47 @@ def test_a_slow_primary_fails_over_except_for_messages_pinned_to_it(
     assert len(backup.received) == 3
     assert {message(pk).relay_id for pk in pinned} == {first.id}
     assert len(primary.received) == 3
+
+
+def test_a_refused_recipient_proves_a_slow_relay_works(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    smtp_server.delay("mail", 0.6)
+    smtp_server.reject_recipient("ghost@example.org")
+    add_relay("primary", smtp_server)
+    ghost = send(to=["ghost@example.org"])["id"]  # the first attempt of the pass
+    ids = [send()["id"] for _ in range(4)]
+    report = engine_with(app).drain()
+    assert message(ghost).status == "failed"
+    assert {message(pk).status for pk in ids} == {"sent"}, report
+
+
+def test_waiting_out_a_relay_that_swallows_messages_costs_one_attempt(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    # It never answers the final dot: the outcome is unknown, so the relay is neither
+    # proven nor failed; the others must not go in after the first, one at a time.
+    smtp_server.hang_after_data()
+    add_relay("primary", smtp_server)
+    ids = [send()["id"] for _ in range(4)]
+    engine_with(app, attempt_deadline=1.0).drain()
+    assert len(smtp_server.hung) == 1
+    rows = [message(pk) for pk in ids]
+    assert {r.status for r in rows} == {"deferred"}
+    assert sum("ended without a delivery" in (r.last_error or "") for r in rows) == 3
+
+
+def test_a_relay_that_throttles_is_not_used_by_messages_waiting_for_it(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    smtp_server.delay("mail", 0.1)
+    smtp_server.fail("mail", 451, "4.7.1 Too many messages, slow down", times=1)
+    add_relay("primary", smtp_server)
+    ids = [send()["id"] for _ in range(4)]
+    engine_with(app).drain()
+    # The first attempt was throttled; the others waited for it (within the patience)
+    # and then found the relay cooling down: none of them went in.
+    assert smtp_server.received == []
+    assert {message(pk).status for pk in ids} == {"deferred"}
+    attempts = db.session.scalars(select(Attempt)).all()
+    assert len(attempts) == 1

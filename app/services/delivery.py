@@ -787,6 +787,8 @@ class DeliveryEngine:
                     v.breaker_failure or v.action == Action.THROTTLED for v in verdicts.values()
                 ):
                     healthy = False
+                elif Action.REJECT in actions:
+                    healthy = True  # it answered for each recipient: working, if not for them
                 return verdicts
             finally:
                 await state.pool.release(session, healthy=healthy)
@@ -820,8 +822,11 @@ class DeliveryEngine:
 
     @staticmethod
     def _admit(state: RelayState) -> str | None:
-        """Refuse a waiting message if the relay's circuit opened meanwhile."""
-        if breaker.allows(state.circuit, utcnow()):
+        """Refuse a waiting message if the relay's circuit opened or it throttled meanwhile."""
+        now = utcnow()
+        if state.cooldown_until and now < state.cooldown_until:
+            return f"cooling down after throttling until {state.cooldown_until:%H:%M:%S}"
+        if breaker.allows(state.circuit, now):
             return None
         return f"circuit opened: {state.circuit.reason}"
 

@@ -44,6 +44,7 @@ class RelayPool:
         self._in_use = 0
         self._proven = False
         self._stalled_since: float | None = None
+        self._ended = 0  # attempts ended (released, or failed to open): waiters compare
         self.down: str | None = None
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
@@ -58,14 +59,22 @@ class RelayPool:
         `admit` is asked again once a slot is free (the circuit may have opened while
         this caller waited); a reason it returns is raised as RelayUnavailable.
         `last_resort` is asked once the first attempt has outlasted the patience: True
-        (no other relay could take this message) means wait for that attempt to end.
+        (no other relay could take this message) means wait for that attempt to end;
+        if it ends without proving the relay, this caller gives up too, so a relay that
+        swallows messages or throttles meets them one at a time only within patience.
         """
         async with self._changed:
             waited_since = time.monotonic()
-            waiting_it_out = False
+            waiting_out: int | None = None  # self._ended when this caller began to wait
             while True:
                 if self.down:
                     raise RelayUnavailable(self.down)
+                if waiting_out is not None and waiting_out != self._ended and not self._proven:
+                    self._changed.notify()  # pass the wake-up on to the next waiter
+                    raise RelayUnavailable(
+                        "not answering well: its first attempt of the pass ended without a "
+                        "delivery"
+                    )
                 if self._in_use < (self.size if self._proven else 1):
                     refusal = admit() if admit else None
                     if refusal:
@@ -75,7 +84,7 @@ class RelayPool:
                     if self._idle:
                         return self._idle.pop()
                     break
-                if self._proven or waiting_it_out:
+                if self._proven or waiting_out is not None:
                     await self._changed.wait()
                     continue
                 if self._stalled_since is None:
@@ -87,7 +96,7 @@ class RelayPool:
                         self._stalled_since = waited_since
                     continue
                 if last_resort is not None and last_resort():
-                    waiting_it_out = True  # the attempt ends by its own timeouts
+                    waiting_out = self._ended  # the attempt ends by its own timeouts
                     continue
                 pending = time.monotonic() - self._stalled_since
                 raise RelayUnavailable(
@@ -98,12 +107,14 @@ class RelayPool:
         except TransportError as exc:
             async with self._changed:
                 self._in_use -= 1
+                self._ended += 1
                 self.down = f"{exc.kind.replace('_', ' ')} at {exc.stage}: {exc.detail}"
                 self._changed.notify_all()
             raise
         except BaseException:
             async with self._changed:
                 self._in_use -= 1
+                self._ended += 1
                 self._changed.notify_all()
             raise
 
@@ -112,6 +123,7 @@ class RelayPool:
         spent = session.sent >= self.endpoint.max_per_connection
         async with self._changed:
             self._in_use -= 1
+            self._ended += 1
             self._stalled_since = None
             if healthy is True:
                 self._proven = True
