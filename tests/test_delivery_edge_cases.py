@@ -583,3 +583,28 @@ def test_a_relay_that_throttles_is_not_used_by_messages_waiting_for_it(
     assert {message(pk).status for pk in ids} == {"deferred"}
     attempts = db.session.scalars(select(Attempt)).all()
     assert len(attempts) == 1
+
+
+def test_a_slow_primary_is_waited_for_when_the_backup_is_out(
+    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    primary, backup = smtp_server_factory(), smtp_server_factory()
+    primary.delay("mail", 0.6)
+    add_relay("primary", primary, priority=1)
+    add_relay("backup", backup, priority=2)
+    now = utcnow()
+    db.session.execute(
+        update(Relay)
+        .where(Relay.name == "backup")
+        .values(
+            circuit_state="open",
+            circuit_open_until=now + timedelta(minutes=10),
+            circuit_reason="opened by hand",
+            circuit_changed_at=now,
+        )
+    )
+    db.session.commit()
+    ids = [send()["id"] for _ in range(4)]
+    report = engine_with(app).drain()
+    assert {message(pk).status for pk in ids} == {"sent"}, report
+    assert len(primary.received) == 4 and backup.connections == 0
