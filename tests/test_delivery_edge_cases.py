@@ -59,6 +59,21 @@ def assert_nothing_lost() -> None:
             assert row.next_attempt_at is not None, (row.id, row.status)
 
 
+def open_circuit(name: str, reason: str) -> Any:
+    """The statement that opens a relay's circuit for ten minutes, as an operator would."""
+    now = utcnow()
+    return (
+        update(Relay)
+        .where(Relay.name == name)
+        .values(
+            circuit_state="open",
+            circuit_open_until=now + timedelta(minutes=10),
+            circuit_reason=reason,
+            circuit_changed_at=now,
+        )
+    )
+
+
 def engine_with(app: Any, **changes: Any) -> DeliveryEngine:
     return DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], **changes))
 
@@ -173,17 +188,7 @@ def test_a_circuit_opened_mid_pass_does_not_strand_waiters_in_the_pool(
                     select(Relay.last_success_at).where(Relay.name == "primary")
                 ).scalar()
                 if seen is not None:
-                    now = utcnow()
-                    conn.execute(
-                        update(Relay)
-                        .where(Relay.name == "primary")
-                        .values(
-                            circuit_state="open",
-                            circuit_open_until=now + timedelta(minutes=10),
-                            circuit_reason="opened elsewhere",
-                            circuit_changed_at=now,
-                        )
-                    )
+                    conn.execute(open_circuit("primary", "opened elsewhere"))
                     forced = True
         return claim(limit)
 
@@ -592,17 +597,7 @@ def test_a_slow_primary_is_waited_for_when_the_backup_is_out(
     primary.delay("mail", 0.6)
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
-    now = utcnow()
-    db.session.execute(
-        update(Relay)
-        .where(Relay.name == "backup")
-        .values(
-            circuit_state="open",
-            circuit_open_until=now + timedelta(minutes=10),
-            circuit_reason="opened by hand",
-            circuit_changed_at=now,
-        )
-    )
+    db.session.execute(open_circuit("backup", "opened by hand"))
     db.session.commit()
     ids = [send()["id"] for _ in range(4)]
     report = engine_with(app).drain()

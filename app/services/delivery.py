@@ -559,7 +559,7 @@ class DeliveryEngine:
                 events.append(self._failover_event(message, previous, state, reason))
             if state.snap.provider == "log":
                 return self._logged(message, state, to_try, delivered, attempts, events)
-            last_resort = functools.partial(self._last_resort, message, route, index)
+            last_resort = functools.partial(self._last_resort, route, index)
             verdicts = await self._try_relay(state, message, to_try, attempts, last_resort)
             to_try = []
             for recipient, verdict in verdicts.items():
@@ -717,10 +717,11 @@ class DeliveryEngine:
         )
 
     @staticmethod
-    def _last_resort(message: queue.Claimed, route: list[RelayState], index: int) -> bool:
-        """Whether no relay after route[index] could take the message now."""
-        if message.pinned_relay_id is not None:
-            return True
+    def _last_resort(route: list[RelayState], index: int) -> bool:
+        """Whether no relay after route[index] could take the message now.
+
+        A pinned message's route is its relay alone: for it, there never is one.
+        """
         now = utcnow()
         return all(s.pool.down or s.unavailable(now) for s in route[index + 1 :])
 
