@@ -1,17 +1,22 @@
-"""Shared pieces of the benchmarks: SMTP servers in a separate process, stats, settings.
+"""Shared pieces of the benchmarks: Relayboard's command line, child processes, stats, output.
 
-Everything here talks to 127.0.0.1 only. The SMTP servers (tests/smtp_servers.py) run
-in a child process (this file run with --serve KIND), so their CPU time is not charged
-to the process being measured.
+Everything here talks to 127.0.0.1 only. drain.py and api.py use Relayboard as a black
+box (its `relayboard` command, its HTTP API, the Flask test client); failover.py still
+drives app internals through make_app, build, drain_bounded and ServerProcess (the
+aiosmtpd servers of tests/smtp_servers.py, in a child process: this file with --serve).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import platform
 import select
+import signal
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -19,15 +24,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # RELAYBOARD_BENCH_APP_ROOT: measure another checkout's app/ (e.g. `git archive HEAD` in /tmp).
 APP_ROOT = Path(os.environ.get("RELAYBOARD_BENCH_APP_ROOT") or ROOT).resolve()
-for _path in (ROOT, APP_ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+for _path in (ROOT, APP_ROOT):  # APP_ROOT first, whatever PYTHONPATH said
+    if str(_path) in sys.path:
+        sys.path.remove(str(_path))
+    sys.path.insert(0, str(_path))
+if APP_ROOT != ROOT:
+    # The editable install's finder would serve app.* modules missing from the export
+    # out of the work tree, mixing two versions of app/ in one process.
+    sys.meta_path[:] = [
+        f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
+    ]
 
 LOOPBACK = "127.0.0.1"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
@@ -38,7 +51,7 @@ OUT_DIR = ROOT / "bench" / "out"
 
 
 def relayboard_env(workdir: Path, **overrides: str) -> dict[str, str]:
-    """Return Relayboard's environment for a benchmark: temp SQLite, no scheduler, quiet logs."""
+    """Return Relayboard's settings for an in-process app (failover.py): temp SQLite, quiet."""
     env = {
         "RELAYBOARD_DATABASE_URL": f"sqlite:///{workdir / 'relayboard.db'}",
         "RELAYBOARD_INSTANCE_PATH": str(workdir / "instance"),
@@ -51,11 +64,179 @@ def relayboard_env(workdir: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+# --------------------------------------------------------------------------- the command line
+
+
+def cli_env(db_path: Path, instance: Path, **extra: str) -> dict[str, str]:
+    """Return the environment of a `relayboard` child: this one's, minus every other
+    RELAYBOARD_* variable, plus the database, the instance folder, the secret key and
+    `extra`. Measuring an exported commit (run_all.py --commit) puts it first on PYTHONPATH.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYBOARD_")}
+    env.pop("PYTHONPATH", None)
+    if APP_ROOT != ROOT:
+        env["PYTHONPATH"] = str(APP_ROOT)
+    env.update(
+        RELAYBOARD_DATABASE_URL=f"sqlite:///{db_path}",
+        RELAYBOARD_INSTANCE_PATH=str(instance),
+        RELAYBOARD_SECRET_KEY=SECRET_KEY,
+        **extra,
+    )
+    return env
+
+
+def relayboard_command() -> list[str]:
+    """Return the `relayboard` console script of this venv (it imports app from
+    PYTHONPATH first, so with cli_env it runs an exported commit's app/ too)."""
+    script = Path(sys.executable).with_name("relayboard")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+
+
+def relayboard(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `relayboard ARGS` to completion; raise with its output when it fails."""
+    done = subprocess.run(
+        [*relayboard_command(), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"relayboard {' '.join(args)} exited {done.returncode}:\n"
+            f"{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
+    return done
+
+
+def relayboard_setup(env: dict[str, str], cwd: Path) -> str:
+    """`relayboard db upgrade` and `relayboard api-keys create --name bench`; return the key."""
+    relayboard("db", "upgrade", env=env, cwd=cwd)
+    out = relayboard("api-keys", "create", "--name", "bench", env=env, cwd=cwd).stdout
+    return out.strip().splitlines()[-1].strip()
+
+
+def checkpoint(db_path: Path) -> None:
+    """Fold SQLite's WAL into the database file, so that copying the file copies everything."""
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def count_rows(db_path: Path, table: str) -> int:
+    """Return the number of rows in `table` (read with plain sqlite3)."""
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as conn:
+        count: int = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return count
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+@dataclass
+class Measured:
+    """A finished child process: exit status, wall time and CPU time (its own and its
+    waited-for children's, from wait4)."""
+
+    returncode: int
+    wall: float
+    user: float
+    system: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+def run_measured(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    stdout: Path,
+    stderr: Path,
+) -> Measured:
+    """Run a child to completion in its own process group, its output to files; kill the
+    group if it outlives `timeout` (or if we are interrupted)."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    wall = time.perf_counter() - started
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    return Measured(proc.returncode, wall, usage.ru_utime, usage.ru_stime)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{command[:3]} did not finish within {timeout:.0f} s")
+                time.sleep(0.005)
+        finally:
+            if proc.returncode is None:
+                kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM a child's process group, then SIGKILL it if it has not exited after `grace`."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """Return the CPU time (user + system) of the live processes in process group `pgid`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def make_app(workdir: Path, **overrides: str) -> Any:
     """Create a Relayboard app on a fresh SQLite database in `workdir` (tables created)."""
     from app import create_app
     from app.config import Settings
-    from app.extensions import db
+
+    try:
+        db = importlib.import_module("app.extensions").db
+    except AttributeError:  # app/'s restructuring moves it to app.db
+        db = importlib.import_module("app.db").db
 
     settings = Settings.from_env(relayboard_env(workdir, **overrides))
     app = create_app({"SETTINGS": settings})
@@ -108,10 +289,8 @@ def tempdir(prefix: str) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix=f"relayboard-bench-{prefix}-", dir="/tmp")
 
 
-def message_spec(index: int, *, to: str = "rcpt@example.org") -> Any:
-    """Return a realistic text+html message spec; built, it is about 2 KB."""
-    from app.domain.mime import Mailbox, MessageSpec
-
+def message_texts(index: int) -> tuple[str, str, str]:
+    """Return message `index`'s subject, text and HTML: built, a message is about 2 KB."""
     text = (
         f"Hello Alice,\n\nThank you for your order #{index:06d}. We are getting it ready and "
         "will let you know as soon as it ships.\n\nTrack it at "
@@ -129,13 +308,33 @@ def message_spec(index: int, *, to: str = "rcpt@example.org") -> Any:
         "<p>Questions? Just reply to this message.</p><p>The Example Shop team</p>"
         "</body></html>"
     )
+    return f"Your order #{index:06d} is confirmed", text, html
+
+
+def message_body(index: int, *, to: str = "rcpt@example.org") -> dict[str, Any]:
+    """Return message `index` as the JSON body of `POST /api/send`."""
+    subject, text, html = message_texts(index)
+    return {
+        "from": "Example Shop <shop@example.com>",
+        "to": [f"Alice Example <{to}>"],
+        "subject": subject,
+        "text": text,
+        "html": html,
+    }
+
+
+def message_spec(index: int, *, to: str = "rcpt@example.org") -> Any:
+    """Return message `index` as app.domain.mime's MessageSpec (failover.py builds it)."""
+    from app.domain.mime import Mailbox, MessageSpec
+
+    subject, text, html = message_texts(index)
     return MessageSpec(
         sender=Mailbox("shop@example.com", "Example Shop"),
         to=[Mailbox(to, "Alice Example")],
         cc=[],
         bcc=[],
         reply_to=None,
-        subject=f"Your order #{index:06d} is confirmed",
+        subject=subject,
         text=text,
         html=html,
         attachments=[],
