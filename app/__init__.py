@@ -2,49 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
-import sqlite3
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, jsonify, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app import logs, writelock
+from app import logs
 from app.config import PROJECT_ROOT, Settings
-from app.extensions import csrf, db, migrate
+from app.db import db, reachability
+from app.db import init_app as init_db
+from app.extensions import csrf, migrate
 
 __all__ = ["create_app"]
 
+RETRY_AFTER_SECONDS = 5  # what a client is told to wait while the database is unreachable
+
 # Added to every response that does not set its own.
-SECURITY_HEADERS = (
-    (
-        "Content-Security-Policy",
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+        "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
     ),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("X-Frame-Options", "DENY"),
-)
-
-
-@event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Give SQLite WAL, a busy timeout and foreign keys.
-
-    pysqlite opens a transaction only before a write, so readers never hold a lock and
-    every write transaction here starts with its write: none can fail half-way with
-    SQLITE_BUSY_SNAPSHOT, and writers queue on the busy timeout instead.
-    """
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA wal_autocheckpoint={writelock.AUTOCHECKPOINT_PAGES}")
-        cursor.close()
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -58,52 +42,21 @@ class _SessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
 
-class _Flask(Flask):
-    """Flask, minus a per-hook coroutine check on every request: nothing here is async."""
-
-    def ensure_sync(self, func: Any) -> Any:
-        """Return views and hooks as they are (create_app refuses async ones)."""
-        return func
-
-
-def _refuse_async(app: Flask) -> None:
-    """Fail at start-up if a view or hook is a coroutine function (ensure_sync won't wrap it)."""
-    hooks = [
-        *app.view_functions.values(),
-        *(f for fs in app.before_request_funcs.values() for f in fs),
-        *(f for fs in app.after_request_funcs.values() for f in fs),
-        *(f for fs in app.teardown_request_funcs.values() for f in fs),
-        *app.teardown_appcontext_funcs,
-        *(
-            handler
-            for codes in app.error_handler_spec.values()
-            for handlers in codes.values()
-            for handler in handlers.values()
-        ),
-    ]
-    found = [getattr(f, "__qualname__", repr(f)) for f in hooks if inspect.iscoroutinefunction(f)]
-    if found:
-        raise RuntimeError(f"async views or hooks are not supported here: {', '.join(found)}")
-
-
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Create the Relayboard application; `config` overrides settings (tests pass a Settings)."""
     config = dict(config or {})
     settings: Settings = config.pop("SETTINGS", None) or Settings.from_env()
-    app = _Flask(
+    app = Flask(
         __name__,
         instance_path=str(settings.instance_path),
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
     settings.instance_path.mkdir(parents=True, exist_ok=True)
-    engine_options: dict[str, Any] = {"pool_pre_ping": True}
-    if settings.database_url.startswith("sqlite"):
-        engine_options = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     app.config.update(
         SECRET_KEY=settings.secret_key,
-        SQLALCHEMY_DATABASE_URI=settings.database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options,
+        # Retired keys still verify sessions signed before a rotation.
+        SECRET_KEY_FALLBACKS=list(settings.old_secret_keys),
         # base64 inflates attachments by a third; leave room for the JSON around them.
         MAX_CONTENT_LENGTH=settings.max_message_bytes * 4 // 3 + 64 * 1024,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -114,35 +67,54 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.session_interface = _SessionInterface()
     logs.configure(settings.log_format, settings.log_level)
 
-    db.init_app(app)
+    init_db(app, settings.database_url)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
-
-    from app.api.routes import bp as api_bp
-    from app.web.health import bp as health_bp
-
-    csrf.exempt(api_bp)
-    app.register_blueprint(api_bp)
-    app.register_blueprint(health_bp)
-
-    from app.web import register as register_web
-
-    register_web(app)
+    _register_blueprints(app)
 
     @app.after_request
     def security_headers(response: Response) -> Response:
-        headers = response.headers
-        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 (Headers)
-        for name, value in SECURITY_HEADERS:
-            if name.lower() not in present:
-                headers.add(name, value)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         return response
 
-    _refuse_async(app)
+    app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(PoolTimeout, database_unavailable)
     return app
 
 
-def settings_of(app: Flask) -> Settings:
-    """Return the Settings an app was created with."""
-    settings: Settings = app.config["RELAYBOARD"]
-    return settings
+def database_unavailable(exc: Exception) -> tuple[Response, int]:
+    """Answer 503 with Retry-After while the database cannot be reached: nothing was stored."""
+    reachability.failed(exc, "web")
+    message = (
+        "the database cannot be reached right now; nothing was stored. "
+        f"Try again in {RETRY_AFTER_SECONDS} seconds."
+    )
+    if request.path.startswith(("/api/", "/hooks/", "/healthz")):
+        error = {"code": "database_unavailable", "message": message, "fields": {}}
+        if request.path.startswith("/healthz"):
+            response = jsonify(status="error", database="unreachable", error=error)
+        else:
+            response = jsonify(error=error)
+    else:
+        response = Response(message[:1].upper() + message[1:], mimetype="text/plain")
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response, 503
+
+
+def _register_blueprints(app: Flask) -> None:
+    """Register every area of the app, each by name."""
+    from app.api.routes import bp as api
+    from app.web import init_app as init_web
+    from app.web.auth.routes import bp as auth
+    from app.web.events.routes import bp as events
+    from app.web.health import bp as health
+    from app.web.messages.routes import bp as messages
+    from app.web.overview.routes import bp as overview
+    from app.web.relays.routes import bp as relays
+    from app.web.settings.routes import bp as settings
+
+    csrf.exempt(api)  # API keys, not sessions: no cross-site request can carry one
+    for blueprint in (api, health, auth, overview, relays, messages, events, settings):
+        app.register_blueprint(blueprint)
+    init_web(app)

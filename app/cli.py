@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Any
 
 import click
@@ -11,12 +15,13 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
-from app import create_app, settings_of
-from app.config import Settings, SettingsError
-from app.extensions import db
+from app import create_app
+from app.config import Settings, SettingsError, settings_of
+from app.crypto import SecretUnreadable
+from app.db import db
 from app.models import DEFERRED, QUEUED, Message, utcnow
 from app.services import api_keys, relays
-from app.services.delivery import DeliveryEngine
+from app.services.delivery import DeliveryEngine, PassReport
 from app.transport import loop as event_loop
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
@@ -57,6 +62,13 @@ def servers() -> None:
 @click.option(
     "--max-rate", type=click.FloatRange(min=0, min_open=True), help="Messages per second at most."
 )
+@click.option(
+    "--unknown-retries",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Times a message whose reply was lost after the final dot is sent again.",
+)
 @click.option("--no-tls-verify", is_flag=True, help="Do not verify the relay's certificate.")
 @click.option("--disabled", is_flag=True)
 @with_appcontext
@@ -64,8 +76,9 @@ def servers_add(password_stdin: bool, disabled: bool, no_tls_verify: bool, **val
     """Add a relay."""
     if password_stdin:
         values["password"] = sys.stdin.readline().rstrip("\r\n")
+    box = settings_of(current_app).secret_box
     try:
-        relay = relays.create(enabled=not disabled, tls_verify=not no_tls_verify, **values)
+        relay = relays.create(box, enabled=not disabled, tls_verify=not no_tls_verify, **values)
     except relays.RelayError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"added relay {relay.name} ({relay.host}:{relay.port}, priority {relay.priority})")
@@ -73,6 +86,7 @@ def servers_add(password_stdin: bool, disabled: bool, no_tls_verify: bool, **val
 
 def _relay_row(relay: Any) -> dict[str, Any]:
     return {
+        "unusable": relays.unusable(relay, settings_of(current_app).secret_box),
         "name": relay.name,
         "host": relay.host,
         "port": relay.port,
@@ -109,6 +123,8 @@ def servers_list(as_json: bool) -> None:
             f"{r['priority']:>4}  {r['name']:<20} {r['host'] + ':' + str(r['port']):<32} "
             f"{r['security']:<9} {'yes' if r['enabled'] else 'no':<8} {r['circuit']}"
         )
+        if r["unusable"]:
+            click.echo(f"      unusable: {r['unusable']}")
 
 
 def _named(name: str) -> Any:
@@ -152,7 +168,12 @@ def servers_test(name: str) -> None:
     """Probe a relay: connect, EHLO, STARTTLS, AUTH, NOOP, with timings."""
     relay = _named(name)
     settings = settings_of(current_app)
-    endpoint = relays.endpoint(relay, settings.secret_key)
+    try:
+        endpoint = relays.endpoint(relay, settings.secret_box)
+    except SecretUnreadable:
+        raise click.ClickException(
+            f"{name}: unusable: {relays.unusable(relay, settings.secret_box)}"
+        ) from None
     timeouts = Timeouts(
         settings.connect_timeout, settings.command_timeout, settings.attempt_deadline
     )
@@ -177,15 +198,35 @@ def api_keys_group() -> None:
 
 @api_keys_group.command("create")
 @click.option("--name", required=True)
+@click.option(
+    "--scope",
+    type=click.Choice(api_keys.SCOPES),
+    default=api_keys.SEND,
+    show_default=True,
+    help="send: reads only its own messages; read-all: reads every message.",
+)
 @with_appcontext
-def api_keys_create(name: str) -> None:
+def api_keys_create(name: str, scope: str) -> None:
     """Create a key and print it once, alone on the last line."""
     try:
-        row, key = api_keys.create(name)
+        row, key = api_keys.create(name, scope)
     except api_keys.ApiKeyError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created API key {row.name}; it is shown this once:", err=False)
+    click.echo(f"created API key {row.name} ({row.scope}); it is shown this once:", err=False)
     click.echo(key)
+
+
+@api_keys_group.command("scope")
+@click.argument("name")
+@click.argument("scope", type=click.Choice(api_keys.SCOPES))
+@with_appcontext
+def api_keys_scope(name: str, scope: str) -> None:
+    """Change what a key may read: send (its own messages) or read-all."""
+    try:
+        row = api_keys.set_scope(name, scope)
+    except api_keys.ApiKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{row.name} is now {row.scope}")
 
 
 @api_keys_group.command("list")
@@ -200,8 +241,8 @@ def api_keys_list() -> None:
         state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
         used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
         click.echo(
-            f"{row.name:<24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}  "
-            f"last used {used}  {state}"
+            f"{row.name:<24} {row.prefix}…  {row.scope:<8}  created "
+            f"{row.created_at:%Y-%m-%d %H:%M}  last used {used}  {state}"
         )
 
 
@@ -246,6 +287,36 @@ def operators_create(email: str, password: str) -> None:
     click.echo(f"created operator {operator.email}")
 
 
+# -- secrets ----------------------------------------------------------------------------
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Re-encrypt stored secrets after a change of RELAYBOARD_SECRET_KEY."""
+
+
+@secrets_group.command("rotate")
+@with_appcontext
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under RELAYBOARD_SECRET_KEY; report how many.
+
+    Secrets encrypted under a key listed in RELAYBOARD_OLD_SECRET_KEYS are re-encrypted;
+    afterwards those old keys can be dropped. A secret no key can read is named and
+    left as it is (exit status 1): enter it again where it is set.
+    """
+    from app.services import secrets
+
+    report = secrets.rotate(settings_of(current_app).secret_box)
+    click.echo(
+        f"re-encrypted {report.rotated} secret(s); {report.current} already under the "
+        f"current key; {len(report.unreadable)} unreadable"
+    )
+    for where in report.unreadable:
+        click.echo(f"unreadable: {where}", err=True)
+    if report.unreadable:
+        sys.exit(1)
+
+
 # -- running ----------------------------------------------------------------------------
 
 
@@ -254,26 +325,35 @@ def operators_create(email: str, password: str) -> None:
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 def serve(bind: str, workers: int, threads: int) -> None:
-    """Run gunicorn with the app; each worker runs the scheduler unless RELAYBOARD_SCHEDULER=0."""
+    """Run gunicorn with the app; each worker runs the scheduler unless RELAYBOARD_SCHEDULER=0.
+
+    SIGTERM or Ctrl-C stops cleanly (RELAYBOARD_STOP_GRACE); a second one at once.
+    """
     from app.server import run_gunicorn
 
-    run_gunicorn(bind=bind, workers=workers, threads=threads)
+    settings = Settings.from_env()
+    run_gunicorn(bind=bind, workers=workers, threads=threads, stop_grace=settings.stop_grace)
 
 
 @cli.command("worker")
 @with_appcontext
 def worker() -> None:
-    """Run the scheduler alone (no web), until SIGTERM."""
-    from app.jobs import run_blocking
+    """Run the scheduler alone (no web) until SIGTERM or Ctrl-C, then stop cleanly."""
+    from app.jobs import run_worker
 
-    run_blocking(current_app._get_current_object())  # type: ignore[attr-defined]
+    run_worker(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @cli.command("drain")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def drain(quiet: bool) -> None:
-    """Deliver everything due now in the foreground, with a progress bar; exit when none is left."""
+    """Deliver everything due now in the foreground, with a progress bar; exit when none is left.
+
+    SIGTERM or Ctrl-C stops cleanly: no new claims, messages in flight get
+    RELAYBOARD_STOP_GRACE seconds, unattempted ones go back to the queue. A second
+    signal exits at once.
+    """
     settings = settings_of(current_app)
     due = (
         db.session.scalar(
@@ -285,21 +365,31 @@ def drain(quiet: bool) -> None:
     )
     db.session.close()
     engine = DeliveryEngine(db.engine, settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # leases lapse; the reaper queues those messages again
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     with click.progressbar(
         length=max(due, 1), label="delivering", show_pos=True, hidden=quiet
     ) as bar:
         done = 0
 
-        def progress(report: Any) -> None:
+        def progress(report: PassReport) -> None:
             nonlocal done
-            finished = report.sent + report.deferred + report.failed + report.logged
-            bar.update(finished - done)
-            done = finished
+            bar.update(report.finished - done)
+            done = report.finished
 
-        report = engine.drain(progress=progress)
+        report = engine.run_pass(stop=stop, progress=progress)
     click.echo(
         f"claimed {report.claimed}: sent {report.sent}, deferred {report.deferred}, "
-        f"failed {report.failed}, failovers {report.failovers} in {report.seconds:.2f} s"
+        f"failed {report.failed}, failovers {report.failovers}"
+        + (f", released {report.released} (stopped)" if report.stopped else "")
+        + f" in {report.seconds:.2f} s"
     )
 
 

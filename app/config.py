@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.crypto import SecretBox
 from app.transport.loop import LOOPS
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
@@ -78,6 +84,18 @@ def _env_rate(env: dict[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _old_secret_keys(env: dict[str, str]) -> tuple[str, ...]:
+    """Return the retired keys of RELAYBOARD_OLD_SECRET_KEYS (comma-separated), checked."""
+    raw = env.get("RELAYBOARD_OLD_SECRET_KEYS") or ""
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for number, key in enumerate(keys, start=1):
+        if len(key) < 16:
+            raise SettingsError(
+                f"RELAYBOARD_OLD_SECRET_KEYS: key {number} is shorter than 16 characters"
+            )
+    return keys
+
+
 def _secret_key(env: dict[str, str], instance: Path) -> str:
     """Return RELAYBOARD_SECRET_KEY, or one generated once into the instance folder."""
     key = env.get("RELAYBOARD_SECRET_KEY")
@@ -128,6 +146,8 @@ class Settings:
     api_rate_limit: str = "6000 per minute"
     ratelimit_storage: str = "memory://"
     event_loop: str = LOOPS[0]
+    old_secret_keys: tuple[str, ...] = ()
+    stop_grace: float = 30.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -179,4 +199,17 @@ class Settings:
                 env, "RELAYBOARD_ROUTING", "failover", ("failover", "load_balance")
             ),
             event_loop=_env_choice(env, "RELAYBOARD_EVENT_LOOP", LOOPS[0], LOOPS),
+            old_secret_keys=_old_secret_keys(env),
+            stop_grace=_env_float(env, "RELAYBOARD_STOP_GRACE", 30.0, minimum=0.0),
         )
+
+    @functools.cached_property
+    def secret_box(self) -> SecretBox:
+        """The box stored secrets are sealed in: the current key, then the retired ones."""
+        return SecretBox((self.secret_key, *self.old_secret_keys))
+
+
+def settings_of(app: Flask) -> Settings:
+    """Return the Settings an app was created with."""
+    settings: Settings = app.config["RELAYBOARD"]
+    return settings

@@ -1,56 +1,76 @@
-"""APScheduler wiring: the drain runs every RELAYBOARD_DRAIN_INTERVAL seconds.
+"""APScheduler wiring: delivery passes every RELAYBOARD_DRAIN_INTERVAL seconds, health checks
+every five minutes, and the clean stop of `relayboard worker`.
 
-Several processes may run it at once: claims are atomic, so each message goes to one.
+Several processes may run passes at once: claims are atomic, so each message goes to one.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
+from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 
-from app import logs, settings_of
-from app.extensions import db
+from app import logs
+from app.config import Settings, settings_of
+from app.db import db, is_unreachable, reachability
 from app.services.delivery import DeliveryEngine
 
 log = logs.get("jobs")
 
+HEALTH_CHECK_MINUTES = 5
+HEALTH_HISTORY_DAYS = 30
+BACKOFF_MAX_SECONDS = 60.0
+
 
 class DrainJob:
-    """One process's drain: a delivery engine and the flag that stops it between steps."""
+    """One process's delivery passes, the flag that stops them, and the backoff of an outage."""
 
     def __init__(self, app: Flask) -> None:
         with app.app_context():
-            engine = db.engine
-        self.engine = DeliveryEngine(engine, settings_of(app))
+            database = db.engine
+        self.settings: Settings = settings_of(app)
+        self.engine = DeliveryEngine(database, self.settings)
         self.stop = threading.Event()
+        self.failures = 0  # passes in a row that found the database unreachable
+        self.retry_at = 0.0  # time.monotonic() before which no pass starts (backing off)
 
     def __call__(self) -> None:
-        """Deliver what is due; log a summary when anything moved."""
-        try:
-            report = self.engine.drain(stop=self.stop)
-        except Exception:
-            log.exception("drain failed; the next run retries")
+        """Run a pass if it is time; log a summary when anything moved."""
+        if self.stop.is_set() or time.monotonic() < self.retry_at:
             return
+        try:
+            report = self.engine.run_pass(stop=self.stop)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                log.exception("delivery pass failed; the next one retries")
+                return
+            # Logged once per outage (reachability), not once per pass; passes back off.
+            reachability.failed(exc, "worker")
+            self.failures += 1
+            wait = min(BACKOFF_MAX_SECONDS, self.settings.drain_interval * 2**self.failures)
+            self.retry_at = time.monotonic() + wait
+            return
+        self.failures, self.retry_at = 0, 0.0
+        reachability.succeeded("worker")
         if report.claimed:
             log.info(
-                "drain pass",
+                "delivery pass",
                 extra={
                     "claimed": report.claimed,
                     "sent": report.sent,
                     "deferred": report.deferred,
                     "failed": report.failed,
+                    "released": report.released,
                     "failovers": report.failovers,
                     "seconds": round(report.seconds, 3),
                 },
             )
-
-
-HEALTH_CHECK_MINUTES = 5
-HEALTH_HISTORY_DAYS = 30
 
 
 def health_checks(app: Flask) -> None:
@@ -59,14 +79,17 @@ def health_checks(app: Flask) -> None:
 
     with app.app_context():
         try:
-            health.run_scheduled_checks()
+            health.run_scheduled_checks(settings_of(app))
             health.prune(days=HEALTH_HISTORY_DAYS)
-        except Exception:
-            log.exception("health checks failed; the next run retries")
+        except Exception as exc:
+            if is_unreachable(exc):
+                reachability.failed(exc, "health checks")
+            else:
+                log.exception("health checks failed; the next run retries")
 
 
 def schedule(app: Flask, scheduler: BaseScheduler) -> DrainJob:
-    """Add the drain and the health checks to a scheduler; return the drain job."""
+    """Add the passes and the health checks to a scheduler; return the drain job."""
     scheduler.add_job(
         health_checks,
         "interval",
@@ -98,19 +121,29 @@ def start_background(app: Flask) -> tuple[BackgroundScheduler, DrainJob]:
     return scheduler, job
 
 
-def run_blocking(app: Flask) -> None:
-    """Run the scheduler in the foreground until SIGTERM or Ctrl-C; in-flight work finishes."""
-    import signal
+def run_worker(app: Flask) -> None:
+    """Run the scheduler until SIGTERM or SIGINT, then stop cleanly; a second signal is final.
 
-    scheduler = BlockingScheduler(timezone="UTC")
-    job = schedule(app, scheduler)
+    The clean stop: no new pass starts; the running one stops claiming, gives messages in
+    flight RELAYBOARD_STOP_GRACE seconds, records every outcome and sends unattempted
+    claims back to the queue. A second signal exits at once: leases then lapse, as after
+    a crash, and the reaper queues those messages again.
+    """
+    scheduler, job = start_background(app)
+    stopping = threading.Event()
 
-    def shut_down(signum: int, _frame: object) -> None:
-        log.info("stopping", extra={"signal": signum})
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            log.warning("second signal: exiting now", extra={"signal": signum})
+            os._exit(128 + signum)
+        log.info("stopping", extra={"signal": signum, "grace_seconds": job.settings.stop_grace})
+        stopping.set()
         job.stop.set()
-        scheduler.shutdown(wait=False)
 
-    signal.signal(signal.SIGTERM, shut_down)
-    signal.signal(signal.SIGINT, shut_down)
-    log.info("worker started", extra={"interval": settings_of(app).drain_interval})
-    scheduler.start()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker started", extra={"interval": job.settings.drain_interval})
+    while not stopping.wait(1.0):
+        pass
+    scheduler.shutdown(wait=True)  # the running pass ends within the grace period
+    log.info("worker stopped")

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.extensions import db
+from app.db import db
 
 
 def utcnow() -> datetime:
@@ -68,6 +68,9 @@ class Relay(db.Model):  # type: ignore[name-defined]
     breaker_threshold: Mapped[int] = mapped_column(Integer, default=3)
     breaker_open_seconds: Mapped[int] = mapped_column(Integer, default=1800)
     breaker_success_threshold: Mapped[int] = mapped_column(Integer, default=1)
+    # How often a message whose reply was lost after the final dot is sent again through
+    # this relay before it fails with "outcome unknown" (the relay may have it already).
+    unknown_retries: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
 
     circuit_state: Mapped[str] = mapped_column(String(16), default="closed")
     circuit_failures: Mapped[int] = mapped_column(Integer, default=0)
@@ -94,6 +97,8 @@ class ApiKey(db.Model):  # type: ignore[name-defined]
     name: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # send: sends, and reads only the messages it sent; read-all: also reads every message.
+    scope: Mapped[str] = mapped_column(String(16), default="send", server_default="send")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -113,6 +118,8 @@ class Message(db.Model):  # type: ignore[name-defined]
             postgresql_where=text("next_attempt_at IS NOT NULL"),
         ),
         Index("ix_messages_status_created", "status", "created_at"),
+        # A key's own messages, newest first (GET /api/messages).
+        Index("ix_messages_api_key", "api_key_id", "id"),
         Index(
             "ix_messages_lease",
             "lease_expires_at",
@@ -145,6 +152,8 @@ class Message(db.Model):  # type: ignore[name-defined]
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts whose reply was lost after the final dot (bounded by the relay's unknown_retries).
+    unknown_outcomes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -246,13 +246,13 @@ def make_app(workdir: Path, **overrides: str) -> Any:
 
 
 def drain_bounded(engine: Any, seconds: float) -> Any:
-    """Run engine.drain(), asking it to stop after `seconds`; return its PassReport."""
+    """Run a delivery pass, asking it to stop after `seconds`; return its PassReport."""
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.daemon = True
     timer.start()
     try:
-        return engine.drain(stop=stop)
+        return engine.run_pass(stop=stop)
     finally:
         timer.cancel()
 

@@ -4,7 +4,7 @@
     backup is an aiosmtpd sink in a separate process. 500 messages are drained once,
     and again with the primary removed (the control). Per message, the added delay is
     the time from the start of its delivery to the start of its attempt on the backup,
-    measured by wrapping DeliveryEngine._deliver/_try_relay in a subclass (no app change).
+    measured by wrapping MessageDelivery.run/_attempt for the run (no app change).
 (b) The primary accepts and never greets (HangingServer, in a separate process),
     RELAYBOARD_CONNECT_TIMEOUT=5. 100 messages are drained once: total time, connections
     the hanging server got, and messages that waited for a timeout (the primary's attempt
@@ -41,30 +41,47 @@ POSTFIX_QUOTED = "15 min"
 RUN_DEADLINE = 120.0
 
 
-def _timed_engine_class() -> Any:
-    from app.services.delivery import DeliveryEngine
+class _Marks:
+    """Notes when each message's delivery starts and when it enters each relay.
 
-    class TimedEngine(DeliveryEngine):
-        """A DeliveryEngine that notes when each message starts and enters each relay."""
+    It wraps MessageDelivery.run and MessageDelivery._attempt for the length of a
+    scenario (the app is unchanged).
+    """
 
-        marks: dict[int, dict[str, float]]
+    def __init__(self) -> None:
+        self.marks: dict[int, dict[str, float]] = {}
 
-        async def _deliver(self, message: Any, *args: Any, **kwargs: Any) -> Any:
-            self.marks.setdefault(message.id, {})["start"] = time.perf_counter()
-            return await super()._deliver(message, *args, **kwargs)
+    def __enter__(self) -> _Marks:
+        from app.services.delivery.message import MessageDelivery
 
-        async def _try_relay(self, state: Any, message: Any, *args: Any, **kwargs: Any) -> Any:
-            self.marks[message.id].setdefault(f"enter:{state.name}", time.perf_counter())
-            return await super()._try_relay(state, message, *args, **kwargs)
+        self.cls = MessageDelivery
+        self.run, self.attempt = MessageDelivery.run, MessageDelivery._attempt
+        marks = self.marks
+        run, attempt = self.run, self.attempt
 
-    return TimedEngine
+        async def timed_run(delivery: Any) -> Any:
+            marks.setdefault(delivery.message.id, {})["start"] = time.perf_counter()
+            return await run(delivery)
+
+        async def timed_attempt(delivery: Any, relay: Any, *args: Any) -> Any:
+            key = f"enter:{relay.name}"
+            marks[delivery.message.id].setdefault(key, time.perf_counter())
+            return await attempt(delivery, relay, *args)
+
+        MessageDelivery.run = timed_run  # type: ignore[method-assign]
+        MessageDelivery._attempt = timed_attempt  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cls.run = self.run  # type: ignore[method-assign]
+        self.cls._attempt = self.attempt  # type: ignore[method-assign]
 
 
 def _passes_until_open(engine: Any, start: int, limit: int = 6) -> dict[str, Any]:
     """Keep draining 10 new messages a pass until the primary's circuit opens (at most `limit`)."""
     from sqlalchemy import func, select
 
-    from app.extensions import db
+    from app.db import db
     from app.models import Attempt, Relay
     from app.services import queue
 
@@ -90,16 +107,19 @@ def scenario(
     """Drain `count` messages through [primary,] backup once; return what happened."""
     from sqlalchemy import func, select
 
-    from app import settings_of
-    from app.extensions import db
+    from app.config import settings_of
+    from app.db import db
     from app.models import Attempt, Event, Relay
     from app.services import queue, relays
+    from app.services.delivery import DeliveryEngine
 
     with tempdir("failover") as tmp:
         app = make_app(Path(tmp), **overrides)
         with app.app_context():
+            box = settings_of(app).secret_box
             if primary is not None:
                 relays.create(
+                    box,
                     name="primary",
                     host=primary.host,
                     port=primary.port,
@@ -107,6 +127,7 @@ def scenario(
                     priority=10,
                 )
             relays.create(
+                box,
                 name="backup",
                 host=sink.host,
                 port=sink.port,
@@ -115,14 +136,14 @@ def scenario(
                 max_per_connection=100_000,
             )
             expected = {queue.enqueue(build(i)).message_id for i in range(count)}
-            engine = _timed_engine_class()(db.engine, settings_of(app))
-            engine.marks = {}
+            engine = DeliveryEngine(db.engine, settings_of(app))
             sink.reset()
             if isinstance(primary, ServerProcess):
                 primary.reset()
-            started = time.perf_counter()
-            report = drain_bounded(engine, RUN_DEADLINE)
-            seconds = time.perf_counter() - started
+            with _Marks() as timed:
+                started = time.perf_counter()
+                report = drain_bounded(engine, RUN_DEADLINE)
+                seconds = time.perf_counter() - started
             primary_durations = list(
                 db.session.scalars(
                     select(Attempt.duration_ms).where(Attempt.relay_name == "primary")
@@ -148,7 +169,7 @@ def scenario(
             db.engine.dispose()
     added = [
         (m["enter:backup"] - m["start"]) * 1000
-        for m in engine.marks.values()
+        for m in timed.marks.values()
         if "enter:backup" in m
     ]
     result = {
@@ -169,7 +190,7 @@ def scenario(
         "failover_events": failovers,
         "primary_circuit_after": circuit,
         "until_open": until_open,
-        "messages_tried_primary": sum(1 for m in engine.marks.values() if "enter:primary" in m),
+        "messages_tried_primary": sum(1 for m in timed.marks.values() if "enter:primary" in m),
     }
     if isinstance(primary, ServerProcess):
         result["primary_connections"] = primary.stats()["connections"]

@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.domain.mime import Mailbox, MessageSpec, build_message  # noqa: E402
-from app.extensions import db  # noqa: E402
+from app.db import db  # noqa: E402
 from app.services import api_keys, operators, queue, relays  # noqa: E402
 from app.services.delivery import DeliveryEngine  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
@@ -37,11 +37,11 @@ def seed(app: object, sink: ScriptedSMTPServer, flaky: ScriptedSMTPServer,
         operators.create(EMAIL, PASSWORD)
         api_keys.create("shop")
         api_keys.create("billing")
-        relays.create(name="sendgrid", host=refusing.host, port=refusing.port, security="none",
+        relays.create(app.config["RELAYBOARD"].secret_box, name="sendgrid", host=refusing.host, port=refusing.port, security="none",
                       provider="sendgrid", priority=10)
-        relays.create(name="mailgun", host=flaky.host, port=flaky.port, security="none",
+        relays.create(app.config["RELAYBOARD"].secret_box, name="mailgun", host=flaky.host, port=flaky.port, security="none",
                       provider="mailgun", priority=20, breaker_threshold=2)
-        relays.create(name="ses", host=sink.host, port=sink.port, security="none",
+        relays.create(app.config["RELAYBOARD"].secret_box, name="ses", host=sink.host, port=sink.port, security="none",
                       provider="ses", priority=30)
         first = 0
         for i in range(40):
@@ -57,7 +57,7 @@ def seed(app: object, sink: ScriptedSMTPServer, flaky: ScriptedSMTPServer,
                                    priority=0 if i % 5 == 0 else 1, tags=["orders"])
             first = first or queued.id
             if i % 10 == 9:
-                DeliveryEngine(db.engine, app.config["RELAYBOARD"]).drain()  # type: ignore[attr-defined]
+                DeliveryEngine(db.engine, app.config["RELAYBOARD"]).run_pass()  # type: ignore[attr-defined]
         return first
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from app import create_app
 from app.config import Settings
-from app.extensions import db
+from app.db import db
 from app.models import Relay
 from app.services import api_keys, relays
 from app.services.delivery import DeliveryEngine
@@ -115,7 +115,8 @@ def add_relay(app: Flask) -> Callable[..., Relay]:
 
     def add(name: str, server: Any, **values: Any) -> Relay:
         values.setdefault("security", "none")
-        return relays.create(name=name, host=server.host, port=server.port, **values)
+        box = app.config["RELAYBOARD"].secret_box
+        return relays.create(box, name=name, host=server.host, port=server.port, **values)
 
     return add
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import select
 
 from app import create_app
 from app.config import Settings
-from app.extensions import db
+from app.db import db
 from app.models import ApiKey, Message, Relay
 from app.services import api_keys, relays
 
@@ -131,7 +131,8 @@ def authenticate(key: str) -> int | None:
 
 def add(name: str, server: Any, **values: Any) -> Relay:
     values.setdefault("security", "none")
-    return relays.create(name=name, host=server.host, port=server.port, **values)
+    box = current_app.config["RELAYBOARD"].secret_box
+    return relays.create(box, name=name, host=server.host, port=server.port, **values)
 
 
 # --------------------------------------------------------------------------- db
@@ -160,7 +161,8 @@ def test_servers_add_stores_relays_and_list_never_shows_a_password(
     )
     assert added.returncode == 0, added.stderr
     assert "added relay primary" in added.stdout
-    relays.create(name="backup", host="localhost", port=2525, enabled=False)  # no password
+    box = app.config["RELAYBOARD"].secret_box
+    relays.create(box, name="backup", host="localhost", port=2525, enabled=False)  # no password
     listed = run("servers", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert PASSWORD not in listed.stdout + listed.stderr + added.stdout + added.stderr
@@ -183,7 +185,7 @@ def test_servers_add_stores_relays_and_list_never_shows_a_password(
     stored = relay_rows()["primary"]
     assert stored.password_encrypted is not None
     assert PASSWORD.encode() not in stored.password_encrypted
-    assert relays.endpoint(stored, SECRET).password == PASSWORD
+    assert relays.endpoint(stored, box).password == PASSWORD
 
 
 def test_servers_add_reads_the_password_from_stdin(run: Run, app: Flask) -> None:
@@ -194,7 +196,8 @@ def test_servers_add_reads_the_password_from_stdin(run: Run, app: Flask) -> None
     )
     assert added.returncode == 0, added.stderr
     assert PASSWORD not in added.stdout + added.stderr
-    assert relays.endpoint(relay_rows()["primary"], SECRET).password == PASSWORD
+    box = app.config["RELAYBOARD"].secret_box
+    assert relays.endpoint(relay_rows()["primary"], box).password == PASSWORD
 
 
 def test_servers_test_probes_a_live_relay_step_by_step(

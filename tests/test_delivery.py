@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.extensions import db
+from app.db import db
 from app.models import Attempt, Event, Message, Relay, utcnow
 from app.services import queue
 from app.services.delivery import DeliveryEngine
@@ -60,7 +60,7 @@ def test_it_delivers_through_the_primary_with_the_stored_message_id(
 ) -> None:
     add_relay("primary", smtp_server)
     queued = send(to=["alice@example.org", "bob@example.org"])
-    report = engine.drain()
+    report = engine.run_pass()
     assert (report.claimed, report.sent) == (1, 1)
     (got,) = smtp_server.wait_for(1)
     assert got.message_id == queued["message_id"]
@@ -82,14 +82,14 @@ def test_the_pass_runs_on_the_event_loop_the_settings_name(
     add_relay("primary", smtp_server)
     queued = send()
     seen: list[str] = []
-    open_session = engine._opener
+    open_session = engine.open_session
 
     async def opener(endpoint: Any, timeouts: Any) -> Any:
         seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
         return await open_session(endpoint, timeouts)
 
-    engine._opener = opener
-    assert engine.drain().sent == 1
+    engine.open_session = opener
+    assert engine.run_pass().sent == 1
     assert seen == [loop_module]
     (got,) = smtp_server.wait_for(1)
     assert got.message_id == queued["message_id"]
@@ -101,7 +101,7 @@ def test_it_fails_over_when_primary_refuses(
     add_relay("primary", refusing_server, priority=1)
     add_relay("backup", smtp_server, priority=2)
     queued = send()
-    report = engine.drain()
+    report = engine.run_pass()
     assert report.sent == 1 and report.failovers == 1
     (got,) = smtp_server.wait_for(1)
     assert got.message_id == queued["message_id"]
@@ -126,7 +126,7 @@ def test_the_breaker_opens_skips_half_opens_and_closes(
     add_relay("primary", primary, priority=1, breaker_threshold=3, breaker_open_seconds=600)
     add_relay("backup", backup, priority=2)
     ids = [send()["id"] for _ in range(6)]
-    engine.drain()
+    engine.run_pass()
     backup.wait_for(6)
     assert all(message(pk).status == "sent" for pk in ids)
     # Three messages met the 421; then the circuit opened and the rest went straight to backup.
@@ -138,7 +138,7 @@ def test_the_breaker_opens_skips_half_opens_and_closes(
     assert "3 consecutive failures" in transition.detail
     # While open it is skipped without a connection.
     send()
-    engine.drain()
+    engine.run_pass()
     assert primary.connections == 3
     # After the timeout: a trial (half-open) that succeeds closes the circuit.
     primary.reset()
@@ -149,7 +149,7 @@ def test_the_breaker_opens_skips_half_opens_and_closes(
     )
     db.session.commit()
     trial = send()["id"]
-    engine.drain()
+    engine.run_pass()
     primary.wait_for(1)
     assert message(trial).relay_id == relay("primary").id
     assert relay("primary").circuit_state == "closed"
@@ -169,7 +169,7 @@ def test_a_failed_trial_reopens_the_circuit(
     )
     db.session.commit()
     send()
-    engine.drain()
+    engine.run_pass()
     row = relay("primary")
     assert row.circuit_state == "open" and row.circuit_open_until > utcnow()
     assert [e.type for e in events(kind=None) if e.type.startswith("circuit")] == [
@@ -186,7 +186,7 @@ def test_unknown_mailbox_fails_that_recipient_without_failover(
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
     queued = send(to=["alice@example.org", "ghost@example.org", "bob@example.org"])
-    engine.drain()
+    engine.run_pass()
     (got,) = primary.wait_for(1)
     assert got.rcpt_tos == ["alice@example.org", "bob@example.org"]
     assert backup.received == [] and backup.connections == 0
@@ -206,7 +206,7 @@ def test_all_recipients_unknown_fails_the_message(
     smtp_server.reject_recipient("ghost@example.org")
     add_relay("primary", smtp_server)
     queued = send(to=["ghost@example.org"])
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "failed" and "5.1.1" in (row.last_error or "")
     assert row.next_attempt_at is None
@@ -219,16 +219,16 @@ def test_451_is_retried_with_backoff_and_the_same_message_id(
     add_relay("primary", smtp_server)
     queued = send()
     before = utcnow()
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "deferred" and row.attempt_count == 1
     assert row.next_attempt_at is not None
     # Base 60 s with equal jitter: between 30 and 60 s for the first retry.
     wait = (row.next_attempt_at - before).total_seconds()
     assert 29 <= wait <= 61, wait
-    assert engine.drain().claimed == 0  # not due yet
+    assert engine.run_pass().claimed == 0  # not due yet
     make_due(row.id)
-    engine.drain()
+    engine.run_pass()
     (got,) = smtp_server.wait_for(1)
     row = message(queued["id"])
     assert row.status == "sent" and row.attempt_count == 2
@@ -247,7 +247,7 @@ def test_every_relay_down_defers_then_delivers_when_one_returns(
     add_relay("primary", refusing_server, priority=1)
     add_relay("backup", refusing_server, priority=2)
     ids = [send()["id"] for _ in range(5)]
-    engine.drain()
+    engine.run_pass()
     assert {message(pk).status for pk in ids} == {"deferred"}
     assert all("refused" in (message(pk).last_error or "") for pk in ids)
     revived = smtp_server_factory()
@@ -255,14 +255,14 @@ def test_every_relay_down_defers_then_delivers_when_one_returns(
     backup.port = revived.port
     db.session.commit()
     make_due()
-    engine.drain()
+    engine.run_pass()
     assert len({r.message_id for r in revived.wait_for(5)}) == 5
     assert {message(pk).status for pk in ids} == {"sent"}
 
 
 def test_with_no_relay_mail_waits_with_a_reason(send: Any, engine: DeliveryEngine) -> None:
     queued = send()
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "deferred" and "no relay" in (row.last_error or "")
 
@@ -275,10 +275,10 @@ def test_an_expired_lease_is_reclaimed(
     with db.engine.begin() as conn:
         (claimed,) = queue.claim(conn, "crashed-worker", 10, lease_seconds=30)
     assert claimed.id == queued["id"]
-    assert engine.drain().claimed == 0  # leased elsewhere: not touched
+    assert engine.run_pass().claimed == 0  # leased elsewhere: not touched
     db.session.execute(update(Message).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     db.session.commit()
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     assert message(queued["id"]).status == "sent"
     assert [e.type for e in events(queued["id"])] == ["lease_expired", "sent"]
@@ -295,7 +295,7 @@ def test_two_drains_at_once_deliver_each_message_once(
     settings = app.config["RELAYBOARD"]
     engines = [DeliveryEngine(db.engine, settings) for _ in range(3)]
     reports: list[Any] = []
-    threads = [threading.Thread(target=lambda e=e: reports.append(e.drain())) for e in engines]
+    threads = [threading.Thread(target=lambda e=e: reports.append(e.run_pass())) for e in engines]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -317,7 +317,7 @@ def test_a_hanging_primary_holds_back_at_most_the_threshold(
     ids: list[int] = []
     for _ in range(4):  # four passes of ten messages each
         ids += [send()["id"] for _ in range(10)]
-        engine.drain()
+        engine.run_pass()
     smtp_server.wait_for(40)
     assert {message(pk).status for pk in ids} == {"sent"}
     # One message per pass waited for the connect timeout; after three the circuit opened.
@@ -339,7 +339,7 @@ def test_sessions_are_recycled_after_max_messages_without_failures(
     settings = app.config["RELAYBOARD"]
     from dataclasses import replace
 
-    DeliveryEngine(db.engine, replace(settings, sessions_per_relay=1)).drain()
+    DeliveryEngine(db.engine, replace(settings, sessions_per_relay=1)).run_pass()
     smtp_server.wait_for(5)
     assert smtp_server.connections == 3
     assert relay("primary").circuit_failures == 0
@@ -353,7 +353,7 @@ def test_authentication_failure_opens_the_circuit_at_once(
     add_relay("primary", primary, priority=1, username="user", password="wrong")
     add_relay("backup", backup, priority=2)
     queued = send()
-    engine.drain()
+    engine.run_pass()
     backup.wait_for(1)
     row = relay("primary")
     assert row.circuit_state == "open" and "authentication failed" in (row.circuit_reason or "")
@@ -367,7 +367,7 @@ def test_authenticated_relay_delivers(
     primary = smtp_server_factory(auth=("user", "s3cret"))
     add_relay("primary", primary, username="user", password="s3cret")
     send()
-    engine.drain()
+    engine.run_pass()
     primary.wait_for(1)
 
 
@@ -379,7 +379,7 @@ def test_a_reply_lost_after_the_final_dot_is_an_unknown_outcome(
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
     queued = send()
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     # Not failed over (the relay may have it), not a breaker failure: retried, same Message-ID.
     assert row.status == "deferred" and "outcome unknown" in (row.last_error or "")
@@ -395,7 +395,7 @@ def test_a_message_too_old_fails_with_a_reason(
     queued = send()
     db.session.execute(update(Message).values(created_at=utcnow() - timedelta(days=6)))
     db.session.commit()
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "failed" and "gave up after 1 attempt" in (row.last_error or "")
     assert "refused" in (row.last_error or "")
@@ -409,7 +409,7 @@ def test_starttls_is_verified_and_never_downgraded(
     add_relay("stripped", stripped, priority=1, security="starttls")
     add_relay("good", good, priority=2, security="starttls")
     queued = send()
-    engine.drain()
+    engine.run_pass()
     good.wait_for(1)
     assert stripped.received == []
     (failover,) = events(queued["id"], "failover")
@@ -422,7 +422,7 @@ def test_implicit_tls_delivers(
     server = smtp_server_factory(tls="tls")
     add_relay("tls", server, security="tls")
     send()
-    engine.drain()
+    engine.run_pass()
     server.wait_for(1)
 
 
@@ -436,7 +436,7 @@ def test_high_priority_goes_first(smtp_server: Any, add_relay: Any, send: Any, a
     engine = DeliveryEngine(
         db.engine, replace(app.config["RELAYBOARD"], batch_size=1, sessions_per_relay=1)
     )
-    engine.drain()
+    engine.run_pass()
     order = [r.message_id for r in smtp_server.wait_for(3)]
     assert order == [message(pk).message_id for pk in (high, normal, low)]
 
@@ -447,7 +447,7 @@ def test_a_log_only_relay_is_the_last_resort_in_test_mode(
     add_relay("primary", refusing_server, priority=1)
     add_relay("test-mode", refusing_server, priority=99, provider="log")
     queued = send()
-    report = engine.drain()
+    report = engine.run_pass()
     assert report.logged == 1
     row = message(queued["id"])
     assert row.status == "logged" and row.next_attempt_at is None
@@ -466,7 +466,7 @@ def test_load_balancing_spreads_by_weight(
         send()
     from dataclasses import replace
 
-    DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], routing="load_balance")).drain()
+    DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], routing="load_balance")).run_pass()
     assert len(heavy.received) + len(light.received) == 80
     assert 40 <= len(heavy.received) <= 75 and len(light.received) >= 5
 
@@ -512,16 +512,18 @@ def test_a_pinned_message_goes_only_through_its_relay(
         [],
     )
     queued = queue.enqueue(build_message(spec, max_bytes=10_000), pinned_relay_id=target.id)
-    engine.drain()
+    engine.run_pass()
     (got,) = tested.wait_for(1)
     assert got.message_id == queued.message_id and primary.received == []
     assert message(queued.id).relay_id == target.id
 
 
 def test_a_reorder_mid_pass_takes_effect_after_the_next_claim(
-    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dataclasses import replace
+
+    from app.services.delivery.engine import Pass
 
     first, second = smtp_server_factory(), smtp_server_factory()
     add_relay("first", first, priority=1)
@@ -531,21 +533,21 @@ def test_a_reorder_mid_pass_takes_effect_after_the_next_claim(
     engine = DeliveryEngine(
         db.engine, replace(app.config["RELAYBOARD"], batch_size=2, sessions_per_relay=1)
     )
-    claim = engine._claim
+    claim = Pass.claim_batch
     database = db.engine
     calls = 0
 
-    def claim_then_disable(limit: int) -> Any:
+    def claim_then_disable(self: Pass, limit: int) -> Any:
         nonlocal calls
         calls += 1
-        result = claim(limit)
+        result = claim(self, limit)
         if calls == 1:  # an operator moves "first" below "second" right after the first claim
             with database.begin() as conn:
                 conn.execute(update(Relay).where(Relay.name == "first").values(priority=3))
         return result
 
-    engine._claim = claim_then_disable  # type: ignore[method-assign]
-    engine.drain()
+    monkeypatch.setattr(Pass, "claim_batch", claim_then_disable)
+    engine.run_pass()
     second.wait_for(4)
     assert len(first.received) <= 2 and len(first.received) + len(second.received) == 6
 
@@ -557,15 +559,15 @@ def test_recipients_already_delivered_are_never_sent_again(
     smtp_server.reject_recipient("b@example.org", 450, "4.2.1 Mailbox busy")
     smtp_server.reject_recipient("c@example.org", 450, "4.2.1 Mailbox busy")
     queued = send(to=["a@example.org", "b@example.org", "c@example.org"])
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "deferred" and row.pending_recipients == ["b@example.org", "c@example.org"]
     make_due()
-    engine.drain()  # b and c are still busy: nothing changes, and a is not sent again
+    engine.run_pass()  # b and c are still busy: nothing changes, and a is not sent again
     assert message(queued["id"]).pending_recipients == ["b@example.org", "c@example.org"]
     smtp_server.reset()
     make_due()
-    engine.drain()
+    engine.run_pass()
     received = smtp_server.wait_for(2)
     assert [r.rcpt_tos for r in received] == [["a@example.org"], ["b@example.org", "c@example.org"]]
     assert len({r.message_id for r in received}) == 1  # one message, delivered in two parts

@@ -17,14 +17,17 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from app.db import db
 from app.domain.mime import BuiltMessage
-from app.extensions import db
 from app.models import Attempt, Message, Relay, utcnow
 from app.services import queue
-from app.services.delivery import DeliveryEngine
+from app.services.delivery import DeliveryEngine, PassReport
+from app.services.delivery.engine import Pass
+from app.services.delivery.message import MessageDelivery
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -78,28 +81,36 @@ def engine_with(app: Any, **changes: Any) -> DeliveryEngine:
     return DeliveryEngine(db.engine, replace(app.config["RELAYBOARD"], **changes))
 
 
-class Drain:
-    """A drain running in a thread, which a test can wait for, stop, or unstick."""
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch) -> list[Pass]:
+    """Every pass the test runs, with the loop it ran on (for tests that reach inside one)."""
+    seen: list[Pass] = []
+    run = Pass.run
 
-    def __init__(self, engine: DeliveryEngine) -> None:
+    async def spy(self: Pass) -> PassReport:
+        self.loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
+        seen.append(self)
+        return await run(self)
+
+    monkeypatch.setattr(Pass, "run", spy)
+    return seen
+
+
+class Drain:
+    """A pass running in a thread, which a test can wait for, stop, or unstick."""
+
+    def __init__(self, engine: DeliveryEngine, passes: list[Pass]) -> None:
         self.engine = engine
+        self.passes = passes
         self.stop = threading.Event()
         self.report: Any = None
         self.error: BaseException | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        deliver = engine._deliver
-
-        async def spy(claimed: queue.Claimed) -> queue.Outcome:
-            self.loop = asyncio.get_running_loop()
-            return await deliver(claimed)
-
-        engine._deliver = spy  # type: ignore[method-assign,assignment]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            self.report = self.engine.drain(stop=self.stop)
+            self.report = self.engine.run_pass(stop=self.stop)
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -110,15 +121,16 @@ class Drain:
     def abort(self) -> None:
         """Set the stop flag; wake any sender stuck in a pool; wait for the thread."""
         self.stop.set()
-        if not self.ended(0.5) and self.loop is not None:
+        if not self.ended(0.5) and self.passes:
 
             async def wake(pool: Any) -> None:
                 async with pool._changed:
                     pool.down = "test cleanup"
                     pool._changed.notify_all()
 
-            for state in self.engine.relays.values():
-                asyncio.run_coroutine_threadsafe(wake(state.pool), self.loop)
+            running = self.passes[-1]
+            for state in running.relays.values():
+                asyncio.run_coroutine_threadsafe(wake(state.pool), running.loop)  # type: ignore[attr-defined]
         self.ended(10)
 
 
@@ -133,24 +145,29 @@ def utf8_message(recipient: str) -> BuiltMessage:
 
 
 def test_a_failed_outcome_write_does_not_hang_the_drain_or_lose_outcomes(
-    smtp_server: Any, add_relay: Any, send: Any, app: Any
+    smtp_server: Any,
+    add_relay: Any,
+    send: Any,
+    app: Any,
+    passes: list[Pass],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     add_relay("primary", smtp_server)
     smtp_server.delay("data", 0.2)
     ids = [send()["id"] for _ in range(4)]
     engine = engine_with(app, sessions_per_relay=1)
-    record = engine._record
+    write = Pass.write
     calls = 0
 
-    def flaky(outcomes: Any, changes: Any) -> None:
+    def flaky(self: Pass, outcomes: Any, released: Any, changes: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:  # one transient "database is locked"
             raise OperationalError("UPDATE messages", {}, Exception("database is locked"))
-        record(outcomes, changes)
+        write(self, outcomes, released, changes)
 
-    engine._record = flaky  # type: ignore[method-assign]
-    drain = Drain(engine)
+    monkeypatch.setattr(Pass, "write", flaky)
+    drain = Drain(engine, passes)
     try:
         ended = drain.ended(3)
     finally:
@@ -162,7 +179,12 @@ def test_a_failed_outcome_write_does_not_hang_the_drain_or_lose_outcomes(
 
 
 def test_a_circuit_opened_mid_pass_does_not_strand_waiters_in_the_pool(
-    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+    smtp_server_factory: Any,
+    add_relay: Any,
+    send: Any,
+    app: Any,
+    passes: list[Pass],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     primary, second, third = smtp_server_factory(), smtp_server_factory(), smtp_server_factory()
     primary.delay("rcpt", 0.5)
@@ -174,11 +196,11 @@ def test_a_circuit_opened_mid_pass_does_not_strand_waiters_in_the_pool(
     ids += [send(to=["ghost@example.org"])["id"] for _ in range(3)]
     # Three senders, one session: one message in flight, two waiting in the pool.
     engine = engine_with(app, sessions_per_relay=1, connect_patience=5.0)
-    claim = engine._claim
+    claim = Pass.claim_batch
     database = db.engine
     forced = False
 
-    def claim_and_force_open(limit: int) -> Any:
+    def claim_and_force_open(self: Pass, limit: int) -> Any:
         # Another instance (or an operator) opens the circuit once the first delivery is
         # recorded, while the second message is in its RCPT and two more wait for a session.
         nonlocal forced
@@ -190,10 +212,10 @@ def test_a_circuit_opened_mid_pass_does_not_strand_waiters_in_the_pool(
                 if seen is not None:
                     conn.execute(open_circuit("primary", "opened elsewhere"))
                     forced = True
-        return claim(limit)
+        return claim(self, limit)
 
-    engine._claim = claim_and_force_open  # type: ignore[method-assign]
-    drain = Drain(engine)
+    monkeypatch.setattr(Pass, "claim_batch", claim_and_force_open)
+    drain = Drain(engine, passes)
     try:
         ended = drain.ended(3)
     finally:
@@ -214,7 +236,7 @@ def test_the_attempt_deadline_after_the_final_dot_is_an_unknown_outcome(
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
     queued = send()
-    engine_with(app, command_timeout=1.0, attempt_deadline=2.0).drain()
+    engine_with(app, command_timeout=1.0, attempt_deadline=2.0).run_pass()
     assert [m.message_id for m in primary.hung] == [queued["message_id"]]  # the relay has it
     row = message(queued["id"])
     assert backup.received == [], "sent a second copy through the backup"
@@ -223,16 +245,16 @@ def test_the_attempt_deadline_after_the_final_dot_is_an_unknown_outcome(
 
 
 def test_a_pass_longer_than_the_lease_does_not_duplicate_mail(
-    smtp_server: Any, add_relay: Any, send: Any, app: Any
+    smtp_server: Any, add_relay: Any, send: Any, app: Any, passes: list[Pass]
 ) -> None:
     add_relay("primary", smtp_server, max_rate=4.0)  # an operator-paced relay: 4 msg/s
     for _ in range(8):
         send()
     slow = engine_with(app, sessions_per_relay=1, lease_seconds=1)
-    drain = Drain(slow)
+    drain = Drain(slow, passes)
     try:
         time.sleep(1.3)  # the lease of everything claimed at the start has expired
-        engine_with(app, sessions_per_relay=1).drain()  # a second worker's pass
+        engine_with(app, sessions_per_relay=1).run_pass()  # a second worker's pass
         ended = drain.ended(10)
     finally:
         drain.abort()
@@ -254,7 +276,7 @@ def test_a_full_mailbox_is_a_retry_not_a_relay_throttle(
     add_relay("backup", backup, priority=2)
     full = send(to=["full@example.org"])["id"]
     other = send(to=["alice@example.org"])["id"]
-    engine_with(app, sessions_per_relay=1).drain()
+    engine_with(app, sessions_per_relay=1).run_pass()
     assert message(full).status == "deferred"
     assert relay("primary").cooldown_until is None
     assert backup.received == []
@@ -262,25 +284,24 @@ def test_a_full_mailbox_is_a_retry_not_a_relay_throttle(
 
 
 def test_a_crashed_delivery_keeps_the_recipients_still_owed(
-    smtp_server: Any, add_relay: Any, send: Any, app: Any
+    smtp_server: Any, add_relay: Any, send: Any, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_relay("primary", smtp_server)
     smtp_server.reject_recipient("b@example.org", 450, "4.2.1 Mailbox busy")
     queued = send(to=["a@example.org", "b@example.org"])
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     assert message(queued["id"]).pending_recipients == ["b@example.org"]
-    crashing = engine_with(app)
-
     async def boom(*_args: Any) -> Any:
         raise RuntimeError("a bug in the engine")
 
-    crashing._try_relay = boom  # type: ignore[method-assign,assignment]
-    make_due()
-    crashing.drain()
+    with monkeypatch.context() as patched:
+        patched.setattr(MessageDelivery, "_attempt", boom)
+        make_due()
+        engine_with(app).run_pass()
     assert "internal error" in (message(queued["id"]).last_error or "")
     smtp_server.reset()
     make_due()
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     delivered = [r for got in smtp_server.received for r in got.rcpt_tos]
     assert sorted(delivered) == ["a@example.org", "b@example.org"], delivered
 
@@ -293,7 +314,7 @@ def test_a_relay_without_smtputf8_fails_over_instead_of_failing_the_message(
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
     queued = queue.enqueue(utf8_message("jösé@example.org"))
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     row = message(queued.id)
     assert row.status == "sent", row.last_error
     assert [r.rcpt_tos for r in backup.received] == [["jösé@example.org"]]
@@ -308,14 +329,19 @@ def test_the_breaker_counts_a_server_refusal_whatever_the_recipient_order(
     add_relay("primary", primary, priority=1)
     add_relay("backup", backup, priority=2)
     queued = send(to=["ghost@example.org", "busy@example.org"])
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     assert [r.rcpt_tos for r in backup.received] == [["busy@example.org"]]
     assert message(queued["id"]).status == "sent"
     assert relay("primary").circuit_failures == 1
 
 
 def test_an_operator_forcing_a_circuit_open_mid_pass_is_not_overwritten(
-    smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+    smtp_server_factory: Any,
+    add_relay: Any,
+    send: Any,
+    app: Any,
+    passes: list[Pass],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from app.services import relays
 
@@ -326,19 +352,19 @@ def test_an_operator_forcing_a_circuit_open_mid_pass_is_not_overwritten(
     add_relay("backup", backup, priority=2)
     queued = send()
     engine = engine_with(app)
-    claim = engine._claim
+    claim = Pass.claim_batch
     forced_while_dirty: list[bool] = []
 
-    def claim_and_force(limit: int) -> Any:
-        state = next((s for s in engine.relays.values() if s.name == "primary"), None)
+    def claim_and_force(self: Pass, limit: int) -> Any:
+        state = next((s for s in self.relays.values() if s.name == "primary"), None)
         if not forced_while_dirty and state is not None and state.circuit.failures:
             with app.app_context():
                 relays.force_circuit(relays.get("primary"), "open", "provider incident", "ops")
             forced_while_dirty.append(state.dirty)
-        return claim(limit)
+        return claim(self, limit)
 
-    engine._claim = claim_and_force  # type: ignore[method-assign]
-    engine.drain()
+    monkeypatch.setattr(Pass, "claim_batch", claim_and_force)
+    engine.run_pass()
     assert forced_while_dirty == [True]
     assert message(queued["id"]).status == "sent"
     row = relay("primary")
@@ -357,7 +383,7 @@ def test_a_421_at_rcpt_is_one_breaker_failure_not_one_per_recipient(
     add_relay("backup", backup, priority=2)
     to = [f"r{i}@example.org" for i in range(5)]
     queued = send(to=to)
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     (got,) = backup.wait_for(1)
     assert sorted(got.rcpt_tos) == to
     assert message(queued["id"]).status == "sent"
@@ -372,12 +398,12 @@ def test_a_session_is_not_reused_after_a_421_but_is_after_an_rset(
     smtp_server.reject_recipient("ghost@example.org")
     ghost = send(to=["ghost@example.org"])["id"]  # 550 5.1.1, then RSET: session kept
     ok = send()["id"]
-    engine_with(app, sessions_per_relay=1).drain()
+    engine_with(app, sessions_per_relay=1).run_pass()
     assert (message(ghost).status, message(ok).status) == ("failed", "sent")
     assert smtp_server.connections == 1
     smtp_server.fail("mail", 421, "4.3.2 Going down", times=1)  # 421 closes: a new session
     first, second = send()["id"], send()["id"]
-    engine_with(app, sessions_per_relay=1).drain()
+    engine_with(app, sessions_per_relay=1).run_pass()
     assert (message(first).status, message(second).status) == ("deferred", "sent")
     assert smtp_server.connections == 3  # this pass: one session per message
     assert len(smtp_server.received) == 2
@@ -391,7 +417,7 @@ def test_recipient_rejections_and_temporary_failures_never_count_against_the_bre
     smtp_server.fail("data", 451, "4.5.0 Local error", times=3)
     ids = [send(to=["ghost@example.org"])["id"] for _ in range(3)]
     ids += [send()["id"] for _ in range(3)]
-    engine_with(app, sessions_per_relay=1).drain()
+    engine_with(app, sessions_per_relay=1).run_pass()
     assert [message(pk).status for pk in ids] == ["failed"] * 3 + ["deferred"] * 3
     row = relay("primary")
     assert (row.circuit_state, row.circuit_failures, row.cooldown_until) == ("closed", 0, None)
@@ -410,7 +436,7 @@ def test_load_balancing_never_touches_an_open_circuit(
     )
     db.session.commit()
     ids = [send()["id"] for _ in range(10)]
-    engine_with(app, routing="load_balance").drain()
+    engine_with(app, routing="load_balance").run_pass()
     assert heavy.connections == 0 and len(light.wait_for(10)) == 10
     assert {message(pk).status for pk in ids} == {"sent"}
     assert relay("heavy").circuit_state == "open"
@@ -430,7 +456,7 @@ def test_half_open_allows_exactly_one_trial(
     )
     db.session.commit()
     ids = [send()["id"] for _ in range(8)]
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     backup.wait_for(8)
     assert primary.connections == 1
     assert {message(pk).status for pk in ids} == {"sent"}
@@ -445,7 +471,7 @@ def test_a_pinned_message_never_fails_over(
     add_relay("primary", smtp_server, priority=1)
     pinned = add_relay("pinned", refusing_server, priority=2)
     queued = queue.enqueue(utf8_message("me@example.org"), pinned_relay_id=pinned.id)
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     row = message(queued.id)
     assert row.status == "deferred" and "refused" in (row.last_error or "")
     assert smtp_server.connections == 0
@@ -457,20 +483,20 @@ def test_smtputf8_addresses_go_through_a_relay_that_supports_them(
 ) -> None:
     add_relay("primary", smtp_server)
     queued = queue.enqueue(utf8_message("jösé@example.org"))
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     (got,) = smtp_server.wait_for(1)
     assert got.rcpt_tos == ["jösé@example.org"]
     assert message(queued.id).status == "sent"
 
 
 def test_stop_mid_pass_leaves_every_claimed_message_accounted_for(
-    smtp_server: Any, add_relay: Any, send: Any, app: Any
+    smtp_server: Any, add_relay: Any, send: Any, app: Any, passes: list[Pass]
 ) -> None:
     add_relay("primary", smtp_server)
     smtp_server.delay("data", 0.05)
     ids = [send()["id"] for _ in range(20)]
     engine = engine_with(app, sessions_per_relay=1, batch_size=4)
-    drain = Drain(engine)
+    drain = Drain(engine, passes)
     try:
         smtp_server.wait_for(2)
         drain.stop.set()
@@ -484,7 +510,12 @@ def test_stop_mid_pass_leaves_every_claimed_message_accounted_for(
 
 
 def test_a_mixed_pass_leaves_no_session_or_message_behind(
-    refusing_server: Any, smtp_server_factory: Any, add_relay: Any, send: Any, app: Any
+    refusing_server: Any,
+    smtp_server_factory: Any,
+    add_relay: Any,
+    send: Any,
+    app: Any,
+    passes: list[Pass],
 ) -> None:
     primary, backup = smtp_server_factory(), smtp_server_factory()
     primary.reject_recipient("ghost@example.org")
@@ -496,9 +527,9 @@ def test_a_mixed_pass_leaves_no_session_or_message_behind(
         for _ in range(4):
             send(to=to)
     engine = engine_with(app, sessions_per_relay=2)
-    report = engine.drain()
+    report = engine.run_pass()
     assert (report.claimed, report.sent, report.failed, report.deferred) == (12, 4, 4, 4)
-    for state in engine.relays.values():
+    for state in passes[-1].relays.values():
         assert state.pool._in_use == 0 and state.pool._idle == [] and not state.pool._closing
     assert backup.received == []
     assert_nothing_lost()
@@ -521,7 +552,7 @@ def test_a_slow_relay_with_no_backup_is_waited_for_not_deferred(
     smtp_server.delay("mail", 0.6)
     add_relay("primary", smtp_server)
     ids = [send()["id"] for _ in range(6)]
-    report = engine_with(app).drain()
+    report = engine_with(app).run_pass()
     assert {message(pk).status for pk in ids} == {"sent"}, report
     assert report.deferred == 0
     assert len(smtp_server.received) == 6
@@ -537,7 +568,7 @@ def test_a_slow_primary_fails_over_except_for_messages_pinned_to_it(
     free = [send()["id"] for _ in range(4)]
     pinned = [queue.enqueue(utf8_message("me@example.org"), pinned_relay_id=first.id).id]
     pinned.append(queue.enqueue(utf8_message("me@example.org"), pinned_relay_id=first.id).id)
-    report = engine_with(app).drain()
+    report = engine_with(app).run_pass()
     assert {message(pk).status for pk in free + pinned} == {"sent"}, report
     # The first message holds the primary's only slot until it is proven; the other
     # free ones go on to the backup after the patience, the pinned ones wait their turn.
@@ -554,7 +585,7 @@ def test_a_refused_recipient_proves_a_slow_relay_works(
     add_relay("primary", smtp_server)
     ghost = send(to=["ghost@example.org"])["id"]  # the first attempt of the pass
     ids = [send()["id"] for _ in range(4)]
-    report = engine_with(app).drain()
+    report = engine_with(app).run_pass()
     assert message(ghost).status == "failed"
     assert {message(pk).status for pk in ids} == {"sent"}, report
 
@@ -567,7 +598,7 @@ def test_waiting_out_a_relay_that_swallows_messages_costs_one_attempt(
     smtp_server.hang_after_data()
     add_relay("primary", smtp_server)
     ids = [send()["id"] for _ in range(4)]
-    engine_with(app, attempt_deadline=1.0).drain()
+    engine_with(app, attempt_deadline=1.0).run_pass()
     assert len(smtp_server.hung) == 1
     rows = [message(pk) for pk in ids]
     assert {r.status for r in rows} == {"deferred"}
@@ -581,7 +612,7 @@ def test_a_relay_that_throttles_is_not_used_by_messages_waiting_for_it(
     smtp_server.fail("mail", 451, "4.7.1 Too many messages, slow down", times=1)
     add_relay("primary", smtp_server)
     ids = [send()["id"] for _ in range(4)]
-    engine_with(app).drain()
+    engine_with(app).run_pass()
     # The first attempt was throttled; the others waited for it (within the patience)
     # and then found the relay cooling down: none of them went in.
     assert smtp_server.received == []
@@ -600,6 +631,6 @@ def test_a_slow_primary_is_waited_for_when_the_backup_is_out(
     db.session.execute(open_circuit("backup", "opened by hand"))
     db.session.commit()
     ids = [send()["id"] for _ in range(4)]
-    report = engine_with(app).drain()
+    report = engine_with(app).run_pass()
     assert {message(pk).status for pk in ids} == {"sent"}, report
     assert len(primary.received) == 4 and backup.connections == 0

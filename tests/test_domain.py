@@ -1,19 +1,20 @@
-"""Pure policies: reply classification, circuit breaker, retry backoff, routing order."""
+"""Pure policies: reply classification, the attempt judge, breaker, retry backoff, routing."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.domain import breaker
+from app.domain import breaker, routing
 from app.domain.breaker import BreakerPolicy, Circuit, CircuitState
-from app.domain.replies import Action, Scope, classify_connection_error, classify_reply
+from app.domain.judge import Lesson, judge, passed_on
+from app.domain.replies import Action, Scope, Verdict, classify_connection_error, classify_reply
 from app.domain.retry import RetryPolicy
-from app.domain.routing import RelayChoice, failover_order, load_balance_order
 
 T0 = datetime(2026, 11, 22, 12, 0, 0)
 
@@ -159,23 +160,143 @@ def test_backoff_is_exponential_with_jitter_and_capped(
     assert len({round(d, 3) for d in delays}) > 100  # jittered
 
 
+@dataclass(frozen=True)
+class View:
+    """A relay as routing sees it (app.domain.routing.Routable)."""
+
+    id: int
+    name: str
+    priority: int
+    weight: int = 1
+    enabled: bool = True
+    unusable: str | None = None
+    circuit: Circuit = Circuit()
+    cooldown_until: datetime | None = None
+    trial_in_flight: bool = False
+    down: str | None = None
+
+
 RELAYS = [
-    RelayChoice(1, "ses", priority=30, weight=1),
-    RelayChoice(2, "sendgrid", priority=10, weight=6),
-    RelayChoice(3, "mailgun", priority=20, weight=3),
-    RelayChoice(4, "off", priority=5, enabled=False),
+    View(1, "ses", priority=30, weight=1),
+    View(2, "sendgrid", priority=10, weight=6),
+    View(3, "mailgun", priority=20, weight=3),
+    View(4, "off", priority=5, enabled=False),
 ]
+OPEN = Circuit(CircuitState.OPEN, open_until=T0 + timedelta(minutes=30), reason="refused")
 
 
 def test_failover_order_is_by_priority_without_disabled() -> None:
-    assert [r.name for r in failover_order(RELAYS)] == ["sendgrid", "mailgun", "ses"]
+    assert [r.name for r in routing.order(RELAYS)] == ["sendgrid", "mailgun", "ses"]
 
 
 def test_load_balance_follows_weights_and_keeps_fallbacks() -> None:
     rng = random.Random(1)
-    firsts = [load_balance_order(RELAYS, rng)[0].name for _ in range(3000)]
+    firsts = [routing.order(RELAYS, routing.LOAD_BALANCE, rng)[0].name for _ in range(3000)]
     share = firsts.count("sendgrid") / len(firsts)
     assert 0.55 < share < 0.65
-    unhealthy = [*RELAYS[:2], RelayChoice(3, "mailgun", 20, 3, healthy=False)]
-    order = [r.name for r in load_balance_order(unhealthy, rng)]
+    unhealthy = [*RELAYS[:2], View(3, "mailgun", 20, 3, circuit=OPEN)]
+    order = [r.name for r in routing.order(unhealthy, routing.LOAD_BALANCE, rng)]
     assert order[-1] == "mailgun" and sorted(order) == ["mailgun", "sendgrid", "ses"]
+
+
+def test_a_pinned_message_routes_through_its_relay_alone_enabled_or_not() -> None:
+    assert [r.name for r in routing.route(RELAYS, pinned=4)] == ["off"]
+    assert routing.skip_reason(RELAYS[3], T0, pinned=True) is None
+    assert routing.skip_reason(RELAYS[3], T0) == "disabled"
+
+
+@pytest.mark.parametrize(
+    ("relay", "reason"),
+    [
+        (View(1, "a", 1), None),
+        (View(1, "a", 1, enabled=False), "disabled"),
+        (View(1, "a", 1, unusable="its password cannot be decrypted"), "unusable: its password"),
+        (View(1, "a", 1, down="refused at connect"), "down for this pass: refused"),
+        (View(1, "a", 1, circuit=OPEN), "circuit open until 12:30: refused"),
+        (View(1, "a", 1, cooldown_until=T0 + timedelta(seconds=30)), "cooling down"),
+        (
+            View(1, "a", 1, circuit=Circuit(CircuitState.HALF_OPEN), trial_in_flight=True),
+            "circuit half-open: a trial is in flight",
+        ),
+        (View(1, "a", 1, trial_in_flight=True), None),  # closed: no trial to wait for
+        (View(1, "a", 1, circuit=replace(OPEN, open_until=T0)), None),  # its timeout passed
+    ],
+)
+def test_a_relay_is_skipped_with_the_reason(relay: View, reason: str | None) -> None:
+    found = routing.skip_reason(relay, T0)
+    assert found == reason if reason is None else found is not None and found.startswith(reason)
+
+
+def test_the_last_resort_is_the_last_relay_a_message_could_still_use() -> None:
+    route = [View(1, "a", 1), View(2, "b", 2, circuit=OPEN), View(3, "c", 3, down="refused")]
+    assert routing.last_resort(route, 0, T0)  # b and c cannot take it now
+    assert not routing.last_resort([View(1, "a", 1), View(2, "b", 2)], 0, T0)
+    assert routing.last_resort([View(1, "a", 1)], 0, T0)  # a pinned route: nowhere else
+
+
+# -- the attempt judge: verdicts per recipient → outcome, the relay's lesson, slow start ---
+
+OK = classify_reply(250, "2.0.0 queued", stage="data")
+GONE = classify_reply(550, "5.1.1 No such user", stage="rcpt")
+BUSY = classify_reply(450, "4.2.1 Mailbox busy", stage="rcpt")
+DOWN = classify_reply(421, "4.3.2 maintenance", stage="rcpt")
+SLOW = classify_reply(450, "4.7.1 rate limited", stage="rcpt")
+AUTH = classify_reply(535, "5.7.8 bad credentials", stage="auth")
+POLICY_REFUSAL = classify_reply(550, "5.7.1 blocklisted", stage="mail")
+REFUSED = classify_connection_error("refused", "connection refused")
+LOST = classify_connection_error("lost_after_data", "reset")
+NO_UTF8 = classify_connection_error("capability", "no SMTPUTF8")
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "overall", "outcome", "lesson", "proved", "places"),
+    [
+        # every recipient delivered
+        ({"a": OK, "b": OK}, OK, "sent", Lesson.SUCCESS, True, "a:d b:d"),
+        # one mailbox refused, one delivered: a partial delivery, the relay works
+        ({"a": OK, "b": GONE}, OK, "partial", Lesson.SUCCESS, True, "a:d b:x"),
+        # every mailbox refused: no failover, and the relay still proved it answers
+        ({"a": GONE}, GONE, "rejected", Lesson.NOTHING, True, "a:x"),
+        # a busy mailbox: retried later on this relay, which says nothing of the relay
+        ({"a": BUSY}, BUSY, "deferred", Lesson.NOTHING, None, "a:r"),
+        # a server-level refusal of one recipient counts against the relay, whatever the order
+        ({"a": GONE, "b": DOWN}, OK, "failover", Lesson.FAILURE, False, "a:x b:f"),
+        ({"a": DOWN, "b": GONE}, OK, "failover", Lesson.FAILURE, False, "a:f b:x"),
+        # delivered to one while the relay throttled another: a success, the other fails over
+        ({"a": OK, "b": SLOW}, OK, "partial", Lesson.SUCCESS, True, "a:d b:f"),
+        # throttled: cool it down, fail over, and it is not proven
+        ({"a": SLOW}, SLOW, "failover", Lesson.THROTTLE, False, "a:f"),
+        # a throttle beside a server refusal: the refusal speaks for the relay
+        ({"a": SLOW, "b": DOWN}, SLOW, "failover", Lesson.FAILURE, False, "a:f b:f"),
+        # the session failed as a whole
+        ({"a": REFUSED, "b": REFUSED}, REFUSED, "failover", Lesson.FAILURE, False, "a:f b:f"),
+        ({"a": AUTH}, AUTH, "failover", Lesson.AUTH_FAILURE, False, "a:f"),
+        ({"a": POLICY_REFUSAL}, POLICY_REFUSAL, "failover", Lesson.FAILURE, False, "a:f"),
+        # the reply was lost after the final dot: unknown, retried later, no lesson
+        ({"a": LOST}, LOST, "unknown", Lesson.NOTHING, None, "a:u"),
+        # the relay lacks SMTPUTF8: next relay, not the relay's fault
+        ({"a": NO_UTF8}, NO_UTF8, "failover", Lesson.NOTHING, None, "a:f"),
+    ],
+)
+def test_an_attempt_is_judged_as_the_table_says(
+    verdicts: dict[str, Verdict],
+    overall: Verdict,
+    outcome: str,
+    lesson: Lesson,
+    proved: bool | None,
+    places: str,
+) -> None:
+    judgement = judge(verdicts, overall)
+    assert (judgement.outcome, judgement.lesson, judgement.proved) == (outcome, lesson, proved)
+    where = {r: "d" for r in judgement.delivered}
+    where |= {r: "x" for r in judgement.rejected} | {r: "f" for r in judgement.fail_over}
+    where |= {r: "u" if r in judgement.unknown else "r" for r in judgement.retry}
+    assert " ".join(f"{r}:{where[r]}" for r in sorted(where)) == places
+    if lesson in (Lesson.FAILURE, Lesson.AUTH_FAILURE, Lesson.THROTTLE):
+        assert judgement.reason in {v.reason for v in verdicts.values()}
+
+
+def test_a_relay_that_passes_a_message_on_learns_nothing() -> None:
+    judgement = passed_on(["a", "b"], "not answering: its first attempt is pending")
+    assert judgement.fail_over == ("a", "b") and judgement.lesson == Lesson.NOTHING
+    assert judgement.proved is None

@@ -7,21 +7,31 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.config import Settings, settings_of
+from app.db import db
 from app.models import Event, HealthCheck, JobLease, Relay, utcnow
 from app.services import health, relays
 
 AddRelay = Callable[..., Relay]
 
 
+def settings() -> Settings:
+    return settings_of(current_app)
+
+
+def probe(relay: Relay, trigger: str = health.SCHEDULE, by: str | None = None) -> HealthCheck:
+    """Probe a relay as the dashboard's Test Connection and the schedule do."""
+    return health.probe_relay(relay, settings(), trigger, by)
+
+
 def test_a_probe_of_a_live_relay_stores_an_ok_check_with_its_steps(
     add_relay: AddRelay, smtp_server: Any
 ) -> None:
     relay = add_relay("primary", smtp_server)
-    check = health.probe_relay(relay, "operator")
+    check = probe(relay, "operator")
 
     stored = db.session.get(HealthCheck, check.id)
     assert stored is not None and stored.ok and stored.error is None
@@ -37,7 +47,7 @@ def test_a_probe_goes_through_starttls_and_auth_trusting_the_configured_ca(
     server = smtp_server_factory(auth=("apikey", "right"), tls="starttls")
     server.host = "localhost"  # the test certificate's name
     relay = add_relay("primary", server, security="starttls", username="apikey", password="right")
-    check = health.probe_relay(relay)
+    check = probe(relay)
 
     assert check.ok, check.error
     assert [s["name"] for s in check.steps] == ["connect", "ehlo", "starttls", "auth", "noop"]
@@ -49,7 +59,7 @@ def test_a_probe_of_a_dead_relay_stores_the_failure_and_where_it_stopped(
     add_relay: AddRelay, refusing_server: Any, smtp_server_factory: Callable[..., Any]
 ) -> None:
     dead = add_relay("dead", refusing_server)
-    refused = health.probe_relay(dead)
+    refused = probe(dead)
     assert not refused.ok and refused.error == "connection refused"
     assert refused.steps == [
         {
@@ -62,7 +72,7 @@ def test_a_probe_of_a_dead_relay_stores_the_failure_and_where_it_stopped(
 
     server = smtp_server_factory(auth=("apikey", "right"))
     locked = add_relay("locked", server, username="apikey", password="wrong")
-    denied = health.probe_relay(locked)
+    denied = probe(locked)
     assert not denied.ok and denied.error is not None and denied.error.startswith("535")
     assert [(s["name"], s["ok"]) for s in denied.steps] == [
         ("connect", True),
@@ -78,7 +88,7 @@ def test_a_good_probe_half_opens_an_open_circuit_and_never_closes_it(
     relays.force_circuit(relay, "open", "provider outage")
     opened_at = relay.circuit_changed_at
 
-    health.probe_relay(relay, "operator", by="ops@example.com")
+    probe(relay, "operator", by="ops@example.com")
     db.session.refresh(relay)
     assert relay.circuit_state == "half_open"
     assert relay.circuit_open_until is None
@@ -96,7 +106,7 @@ def test_a_good_probe_half_opens_an_open_circuit_and_never_closes_it(
     }
 
     for _ in range(3):  # more good probes: still only a trial, never closed
-        health.probe_relay(relay)
+        probe(relay)
     db.session.refresh(relay)
     assert relay.circuit_state == "half_open"
     assert db.session.scalar(select(func.count()).select_from(Event)) == 2  # open, half-open
@@ -107,12 +117,12 @@ def test_a_failed_probe_leaves_the_circuit_alone(
 ) -> None:
     dead = add_relay("dead", refusing_server)
     relays.force_circuit(dead, "open", "down")
-    health.probe_relay(dead)
+    probe(dead)
     db.session.refresh(dead)
     assert dead.circuit_state == "open"
 
     live = add_relay("live", smtp_server)
-    health.probe_relay(live)
+    probe(live)
     db.session.refresh(live)
     assert live.circuit_state == "closed" and live.circuit_changed_at is None
     assert db.session.scalar(select(func.count()).select_from(Event)) == 1  # the forced open
@@ -123,9 +133,9 @@ def test_history_is_newest_first_and_last_health_is_the_newest_per_relay(
 ) -> None:
     live = add_relay("live", smtp_server)
     dead = add_relay("dead", refusing_server)
-    first = health.probe_relay(live)
-    second = health.probe_relay(live)
-    failed = health.probe_relay(dead)
+    first = probe(live)
+    second = probe(live)
+    failed = probe(dead)
 
     assert [c.id for c in health.history(live)] == [second.id, first.id]
     assert [c.id for c in health.history(live, limit=1)] == [second.id]
@@ -173,13 +183,13 @@ def test_scheduled_checks_probe_enabled_relays_once_per_lease(
     add_relay("off", smtp_server, enabled=False)
     add_relay("log", smtp_server, provider="log")
 
-    checks = health.run_scheduled_checks(owner="alpha")
+    checks = health.run_scheduled_checks(settings(), owner="alpha")
     assert checks is not None
     assert {(c.relay_id, c.ok, c.trigger) for c in checks} == {
         (live.id, True, "schedule"),
         (dead.id, False, "schedule"),
     }
-    assert health.run_scheduled_checks(owner="beta") is None  # alpha's lease still runs
+    assert health.run_scheduled_checks(settings(), owner="beta") is None  # alpha's lease still runs
     assert db.session.scalar(select(func.count()).select_from(HealthCheck)) == 2
 
 

@@ -11,7 +11,7 @@ from flask_migrate import upgrade
 
 from app import create_app
 from app.config import PROJECT_ROOT
-from app.extensions import db
+from app.db import db
 from tests.conftest import make_settings
 
 

@@ -75,7 +75,7 @@ def _redis_up() -> bool:
 @pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 def test_two_processes_share_a_keys_limit_through_redis(tmp_path: Any) -> None:
     from app import create_app
-    from app.extensions import db
+    from app.db import db
     from tests.conftest import make_settings
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"

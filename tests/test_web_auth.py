@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.extensions import db
+from app.db import db
 from app.models import Operator
 from tests.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD
 

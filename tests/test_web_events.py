@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from app.extensions import db
+from app.db import db
 from app.models import Event, HealthCheck, Relay, utcnow
 from app.services.delivery import DeliveryEngine
 
@@ -46,7 +46,7 @@ def failover(
     add_relay("primary", refusing_server, priority=1, breaker_threshold=1)
     add_relay("backup", smtp_server, priority=2)
     pk: int = send()["id"]
-    assert engine.drain().failovers == 1
+    assert engine.run_pass().failovers == 1
     smtp_server.wait_for(1)
     return pk
 
@@ -207,7 +207,7 @@ def test_csv_export_defuses_formulas(
     add_relay('=HYPERLINK("http://evil")', refusing_server, priority=1)
     add_relay("@backup", smtp_server, priority=2)
     send()
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     add_check("@backup", False, 5.0, "-1 +2 error")
     text = browser_client.get("/events/export.csv").get_data(as_text=True)

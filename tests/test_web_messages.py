@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from app.extensions import db
+from app.db import db
 from app.models import Event, Message, utcnow
 from app.services.delivery import DeliveryEngine
 from tests.conftest import OPERATOR_EMAIL
@@ -70,7 +70,7 @@ def delivered(
         "welcome": send(to=["alice@example.org"], tags=["welcome", "onboarding"])["id"],
         "invoice": send(to=["Carol.Big@Example.com"], tags=["invoice"])["id"],
     }
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(2)
     ids["queued"] = send(to=["bob@example.net"], tags=["welcome-back"])["id"]
     ids["queued2"] = send(to=["dave@example.net", "alice@example.org"], tags=["new_user"])["id"]
@@ -212,7 +212,7 @@ def test_the_message_page_shows_attempts_events_links_and_escaped_headers(
         headers={"X-Campaign": "<img src=x onerror=alert(1)>"},
         tags=["orders"],
     )
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     response = browser_client.get(f"/messages/{queued['id']}")
     assert response.status_code == 200 and "HX-Request" in response.headers["Vary"]
@@ -266,7 +266,7 @@ def test_the_header_polls_while_the_message_can_change_and_stops_when_final(
     same = browser_client.get(f"/messages/{pk}?seen=queued.0", headers=HTMX)
     assert same.get_data(as_text=True).lstrip().startswith('<article id="message-header"')
     assert "HX-Trigger" not in same.headers and "HX-Request" in same.headers["Vary"]
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     final = browser_client.get(f"/messages/{pk}?seen=queued.0", headers=HTMX)
     header = final.get_data(as_text=True)
@@ -284,10 +284,10 @@ def test_retry_now_makes_a_deferred_message_due_and_the_engine_delivers_it(
     smtp_server.fail("data", 451, "4.3.0 Try again later", times=1)
     add_relay("primary", smtp_server)
     queued = send(to=["alice@example.org", "bob@example.org"])
-    engine.drain()
+    engine.run_pass()
     row = message(queued["id"])
     assert row.status == "deferred" and row.next_attempt_at and row.next_attempt_at > utcnow()
-    assert engine.drain().claimed == 0  # not due yet
+    assert engine.run_pass().claimed == 0  # not due yet
     page = browser_client.get(f"/messages/{row.id}").get_data(as_text=True)
     assert "Retry now" in page and "Cancel message" in page
     response = browser_client.post(f"/messages/{row.id}/retry")
@@ -299,7 +299,7 @@ def test_retry_now_makes_a_deferred_message_due_and_the_engine_delivers_it(
     assert retried.detail == f"retried by {OPERATOR_EMAIL}"
     shown = browser_client.get(f"/messages/{row.id}").get_data(as_text=True)
     assert f"Message {row.id} retried." in shown and f"retried by {OPERATOR_EMAIL}" in shown
-    report = engine.drain()
+    report = engine.run_pass()
     assert report.sent == 1
     (got,) = smtp_server.wait_for(1)
     assert got.message_id == queued["message_id"]
@@ -315,7 +315,7 @@ def test_retry_keeps_the_recipients_still_owed(
     set_status(pk, "held", pending_recipients=["bob@example.org"])
     browser_client.post(f"/messages/{pk}/retry")
     assert message(pk).pending_recipients == ["bob@example.org"]
-    engine.drain()
+    engine.run_pass()
     (got,) = smtp_server.wait_for(1)
     assert got.rcpt_tos == ["bob@example.org"]
 
@@ -331,7 +331,7 @@ def test_cancel_stops_a_queued_message_for_good(
     assert row.status == "cancelled" and row.next_attempt_at is None
     (cancelled,) = events(pk, "cancelled")
     assert cancelled.detail == f"cancelled by {OPERATOR_EMAIL}"
-    assert engine.drain().claimed == 0
+    assert engine.run_pass().claimed == 0
     assert smtp_server.received == [] and smtp_server.connections == 0
 
 
@@ -368,7 +368,7 @@ def test_bulk_retry_touches_exactly_the_matching_rows(
 ) -> None:
     add_relay("primary", smtp_server)
     sent = send(tags=["batch"])["id"]
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     batch = [send(tags=["batch"])["id"] for _ in range(3)]
     other = send(tags=["other"])["id"]
@@ -388,7 +388,7 @@ def test_bulk_retry_touches_exactly_the_matching_rows(
     assert all(message(pk).next_attempt_at <= utcnow() for pk in batch)  # type: ignore[operator]
     assert message(other).status == "deferred" and message(sent).status == "sent"
     assert [len(events(pk, "retry")) for pk in (*batch, other, sent)] == [1, 1, 1, 0, 0]
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(4)
     assert [message(pk).status for pk in batch] == ["sent"] * 3
 

@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, update
 
-from app.extensions import db
+from app.db import db
 from app.models import Attempt, Event, HealthCheck, Message, Relay, utcnow
 from app.services import stats
 from app.services.delivery import DeliveryEngine
@@ -96,7 +96,7 @@ def test_it_is_operational_while_mail_flows(
 ) -> None:
     add_relay("primary", smtp_server)
     send()
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(1)
     assert stats.overall_state() == ("operational", [])
     html = page(browser_client)
@@ -116,7 +116,7 @@ def test_an_open_circuit_is_degraded_and_its_tile_says_until_when_and_why(
     add_relay("primary", refusing_server, priority=1, breaker_threshold=1)
     add_relay("backup", smtp_server, priority=2)
     send()
-    report = engine.drain()
+    report = engine.run_pass()
     assert report.sent == 1 and report.failovers == 1
     primary = relay("primary")
     assert primary.circuit_state == "open" and primary.circuit_open_until is not None
@@ -147,7 +147,7 @@ def test_recent_failovers_show_a_real_failover(
     add_relay("primary", refusing_server, priority=1)
     add_relay("backup", smtp_server, priority=2)
     queued = send()
-    engine.drain()
+    engine.run_pass()
     (failover,) = stats.recent_failovers()
     assert (failover.source, failover.target, failover.outcome) == ("primary", "backup", "sent")
     assert failover.message_id == queued["id"] and "refused" in failover.reason
@@ -165,7 +165,7 @@ def test_mail_deferred_after_recent_failures_is_degraded(
 ) -> None:
     add_relay("primary", refusing_server, breaker_threshold=5)
     send()
-    engine.drain()
+    engine.run_pass()
     assert relay("primary").circuit_state == "closed"  # still usable: not an outage
     state, reasons = stats.overall_state()
     assert state == "degraded"
@@ -181,7 +181,7 @@ def test_an_old_deferred_message_is_degraded_even_without_recent_failures(
 ) -> None:
     add_relay("primary", refusing_server, breaker_threshold=5)
     queued = send()
-    engine.drain()
+    engine.run_pass()
     # Twelve minutes later, with the failures themselves out of the window.
     past = utcnow() - timedelta(minutes=12)
     db.session.execute(update(Message).where(Message.id == queued["id"]).values(created_at=past))
@@ -208,7 +208,7 @@ def test_every_relay_open_with_mail_waiting_is_an_outage(
     add_relay("backup", other, priority=2, breaker_threshold=1)
     add_relay("spare", refusing_server, priority=3, enabled=False)
     send()
-    engine.drain()
+    engine.run_pass()
     assert {relay("primary").circuit_state, relay("backup").circuit_state} == {"open"}
     state, reasons = stats.overall_state()
     assert state == "outage"
@@ -453,7 +453,7 @@ def test_the_chart_draws_bars_for_sends_and_failures(
     add_relay("backup", smtp_server, priority=2)
     for _ in range(3):
         send()
-    engine.drain()
+    engine.run_pass()
     smtp_server.wait_for(3)
     html = page(browser_client, "/partials/chart")
     assert '<svg class="chart"' in html
@@ -479,7 +479,7 @@ def test_the_overview_keeps_to_the_csp(
     add_relay("primary", refusing_server, priority=1, breaker_threshold=1)
     add_relay("backup", smtp_server, priority=2)
     send()
-    engine.drain()
+    engine.run_pass()
     html = page(browser_client)
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
     assert " style=" not in html and "hx-on" not in html

@@ -12,9 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app import crypto
+from app.crypto import SecretBox
+from app.db import db
 from app.domain.mime import Mailbox, MessageSpec, build_message
-from app.extensions import db
 from app.models import Attempt, Event, HealthCheck, Message, Relay, utcnow
 from app.services import queue, relays
 from app.services.delivery import DeliveryEngine
@@ -61,7 +61,7 @@ def stored_password(relay: Relay) -> str | None:
     db.session.refresh(relay)
     if relay.password_encrypted is None:
         return None
-    return crypto.decrypt(SECRET, relay.password_encrypted)
+    return SecretBox([SECRET]).decrypt(relay.password_encrypted)
 
 
 # -- the table --------------------------------------------------------------------------
@@ -543,7 +543,7 @@ def test_send_test_queues_a_message_only_that_relay_may_carry(
     assert f'Queued test message <a href="/messages/{message.id}">#{message.id}</a>' in page
     assert first_server.received == [] and target_server.received == []  # the web sent nothing
 
-    engine.drain()
+    engine.run_pass()
     assert len(target_server.wait_for(1)) == 1 and first_server.received == []
 
 

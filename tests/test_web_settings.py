@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app import crypto
-from app.extensions import db
+from app.db import db
 from app.models import ApiKey, utcnow
 from app.services import api_keys
 

@@ -12,18 +12,18 @@ import socket
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
-from flask import current_app
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import logs, settings_of, writelock
+from app import logs
+from app.config import Settings
+from app.crypto import SecretUnreadable
+from app.db import db
 from app.domain import breaker
-from app.domain.breaker import CircuitState
-from app.extensions import db
 from app.models import HealthCheck, JobLease, Relay, utcnow
-from app.services import relays
+from app.services import circuits, relays
 from app.transport import loop as event_loop
-from app.transport.smtp import Endpoint, ProbeResult, Timeouts, probe
+from app.transport.smtp import Endpoint, ProbeResult, StepTiming, Timeouts, probe
 
 log = logs.get("health")
 
@@ -44,17 +44,16 @@ def expected_steps(relay: Relay) -> list[str]:
     return steps
 
 
-def probe_relay(relay: Relay, trigger: str = SCHEDULE, by: str | None = None) -> HealthCheck:
+def probe_relay(
+    relay: Relay, settings: Settings, trigger: str = SCHEDULE, by: str | None = None
+) -> HealthCheck:
     """Probe one relay now, store the check, and feed a success to its circuit."""
-    endpoint, timeouts, ca_file = _probe_setup(relay)
-    result = event_loop.run(
-        probe(endpoint, timeouts, ca_file=ca_file), settings_of(current_app).event_loop
-    )
+    result = event_loop.run(_probe(relay, settings), settings.event_loop)
     return _record(relay, result, trigger, by)
 
 
 def run_scheduled_checks(
-    owner: str | None = None, lease_seconds: float = LEASE_SECONDS
+    settings: Settings, owner: str | None = None, lease_seconds: float = LEASE_SECONDS
 ) -> list[HealthCheck] | None:
     """Probe every enabled relay at once, if this instance takes the lease; else None."""
     if not take_lease(LEASE_NAME, lease_seconds, owner or default_owner()):
@@ -63,8 +62,7 @@ def run_scheduled_checks(
     targets = [r for r in relays.ordered() if r.enabled and r.provider != "log"]
     if not targets:
         return []
-    setups = [_probe_setup(relay) for relay in targets]
-    results = event_loop.run(_probe_all(setups), settings_of(current_app).event_loop)
+    results = event_loop.run(_probe_all(targets, settings), settings.event_loop)
     checks = [
         _record(relay, result, SCHEDULE) for relay, result in zip(targets, results, strict=True)
     ]
@@ -100,7 +98,7 @@ def take_lease(name: str, seconds: float, owner: str, *, now: datetime | None = 
     now = now or utcnow()
     expires = now + timedelta(seconds=seconds)
     leases = JobLease.__table__
-    with writelock.transaction(db.engine) as conn:
+    with db.engine.begin() as conn:
         taken = conn.execute(
             update(leases)
             .where(
@@ -112,25 +110,28 @@ def take_lease(name: str, seconds: float, owner: str, *, now: datetime | None = 
     if taken == 1:
         return True
     try:
-        with writelock.transaction(db.engine) as conn:
+        with db.engine.begin() as conn:
             conn.execute(insert(leases).values(name=name, owner=owner, expires_at=expires))
     except IntegrityError:
         return False  # the row exists and another owner's lease is still running
     return True
 
 
-def _probe_setup(relay: Relay) -> tuple[Endpoint, Timeouts, str | None]:
-    settings = settings_of(current_app)
+async def _probe(relay: Relay, settings: Settings) -> ProbeResult:
+    """Probe a relay; one whose password no key can read fails without a connection."""
+    try:
+        endpoint: Endpoint = relays.endpoint(relay, settings.secret_box)
+    except SecretUnreadable:
+        why = relays.unusable(relay, settings.secret_box) or "its password cannot be read"
+        return ProbeResult(False, [StepTiming("auth", False, 0.0, why)], 0.0, why, "secret")
     timeouts = Timeouts(
         settings.connect_timeout, settings.command_timeout, settings.attempt_deadline
     )
-    return relays.endpoint(relay, settings.secret_key), timeouts, settings.ca_file
+    return await probe(endpoint, timeouts, ca_file=settings.ca_file)
 
 
-async def _probe_all(setups: list[tuple[Endpoint, Timeouts, str | None]]) -> list[ProbeResult]:
-    return list(
-        await asyncio.gather(*(probe(ep, timeouts, ca_file=ca) for ep, timeouts, ca in setups))
-    )
+async def _probe_all(targets: list[Relay], settings: Settings) -> list[ProbeResult]:
+    return list(await asyncio.gather(*(_probe(relay, settings) for relay in targets)))
 
 
 def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = None) -> HealthCheck:
@@ -144,9 +145,8 @@ def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = No
         steps=[asdict(step) for step in result.steps],
         trigger=trigger,
     )
-    with writelock.writing(db.engine):
-        db.session.add(check)
-        db.session.commit()
+    db.session.add(check)
+    db.session.commit()
     if result.ok:
         _half_open(relay, trigger, by)
     return check
@@ -154,7 +154,6 @@ def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = No
 
 def _half_open(relay: Relay, trigger: str, by: str | None) -> None:
     """Move an open circuit to half-open after a good probe: the next send is its trial."""
-    before = CircuitState(relay.circuit_state)
     now = utcnow()
     circuit, transition = breaker.record_probe_success(relays.circuit_of(relay), now)
     if transition is None:
@@ -162,17 +161,21 @@ def _half_open(relay: Relay, trigger: str, by: str | None) -> None:
     extra: dict[str, str] = {"trigger": trigger}
     if by:
         extra["by"] = by
-    event = relays.transition_event(relay, transition, now, **extra)
-    if relays.save_circuit(relay, before, circuit, event, now):
+    event = circuits.transition_event(relay.id, relay.name, transition, now, **extra)
+    if relays.save_circuit(relay, circuit, event, now):
         log.warning(
             "circuit half-open",
-            extra={"relay": relay.name, "from": before.value, "reason": transition.reason},
+            extra={
+                "relay": relay.name,
+                "from": transition.before.value,
+                "reason": transition.reason,
+            },
         )
 
 
 def prune(days: int) -> int:
     """Delete health results older than `days` days; return how many."""
     cutoff = utcnow() - timedelta(days=days)
-    with writelock.transaction(db.engine) as conn:
+    with db.engine.begin() as conn:
         result = conn.execute(delete(HealthCheck).where(HealthCheck.at < cutoff))
     return int(result.rowcount or 0)

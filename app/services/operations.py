@@ -25,8 +25,8 @@ from sqlalchemy import (
     update,
 )
 
-from app import logs, writelock
-from app.extensions import db
+from app import logs
+from app.db import db
 from app.models import (
     CANCELLED,
     DEFERRED,
@@ -200,7 +200,7 @@ def _apply(
     unique = list(dict.fromkeys(ids))
     result = ActionResult(verb)
     now = utcnow()
-    with writelock.transaction(db.engine) as conn:
+    with db.engine.begin() as conn:
         for chunk in _chunks(unique):
             changed = list(
                 conn.execute(

@@ -6,7 +6,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.extensions import db
+from app.db import db
 from app.models import Operator, utcnow
 
 MIN_PASSWORD = 12

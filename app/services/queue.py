@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from app import logs, prepared, writelock
+from app import logs
+from app.db import db
 from app.domain.mime import BuiltMessage
-from app.extensions import db
 from app.models import (
     QUEUED,
     SENDING,
@@ -22,22 +22,14 @@ from app.models import (
     Message,
     utcnow,
 )
+from app.services.records import AttemptRecord, EventRecord
 
 log = logs.get("queue")
 
 
 _INSERT_ATTEMPT = Attempt.__table__.insert()
 _INSERT_EVENT = Event.__table__.insert()
-# enqueue runs once per API request: its insert skips SQLAlchemy's execution layer.
-_ENQUEUE = prepared.Statements(
-    Message.__table__.insert().returning(Message.__table__.c.id),
-    (
-        "message_id", "envelope_from", "recipients", "data", "size", "subject", "from_header",
-        "to_header", "priority", "tags", "status", "attempt_count", "next_attempt_at",
-        "api_key_id", "idempotency_key", "idempotency_hash", "pinned_relay_id", "created_at",
-        "updated_at",
-    ),
-)  # fmt: skip
+_ENQUEUE = Message.__table__.insert().returning(Message.__table__.c.id)
 
 
 class IdempotencyConflict(Exception):
@@ -96,29 +88,25 @@ def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    engine = db.engine
-    insert = _ENQUEUE.on(engine)
-    parameters = insert.parameters(values)  # before the write lock: writers queue on it
     try:
-        with prepared.raw_transaction(engine, writelock.writing) as cursor:
-            new_id = int(insert.returning(cursor, parameters))
-    except engine.dialect.loaded_dbapi.IntegrityError:
+        with db.engine.begin() as conn:
+            new_id = int(conn.execute(_ENQUEUE, values).scalar_one())
+    except IntegrityError:
         # Two requests raced with one Idempotency-Key: the first one stored wins.
         existing = _find_idempotent(api_key_id, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return _replay(existing, idempotency_hash)
-    if log.isEnabledFor(logging.INFO):  # the extra dict costs more than the call
-        log.info(
-            "message queued",
-            extra={
-                "mid": new_id,
-                "message_id": built.message_id,
-                "status": QUEUED,
-                "recipients": len(built.recipients),
-                "bytes": len(built.data),
-            },
-        )
+    log.info(
+        "message queued",
+        extra={
+            "mid": new_id,
+            "message_id": built.message_id,
+            "status": QUEUED,
+            "recipients": len(built.recipients),
+            "bytes": len(built.data),
+        },
+    )
     return Enqueued(new_id, built.message_id, QUEUED)
 
 
@@ -178,6 +166,7 @@ class Claimed:
     attempt_count: int
     created_at: datetime
     pinned_relay_id: int | None = None
+    unknown_outcomes: int = 0  # earlier attempts whose reply was lost after the final dot
     lease_until: float = 0.0  # time.monotonic() by which the claim's lease surely holds
 
 
@@ -191,6 +180,7 @@ _CLAIM_COLUMNS = (
     Message.data,
     Message.priority,
     Message.attempt_count,
+    Message.unknown_outcomes,
     Message.created_at,
 )
 
@@ -242,6 +232,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
             attempt_count=row.attempt_count,
             created_at=row.created_at,
             pinned_relay_id=row.pinned_relay_id,
+            unknown_outcomes=row.unknown_outcomes,
             lease_until=lease_until,
         )
         for row in rows
@@ -250,7 +241,7 @@ def claim(conn: Connection, owner: str, limit: int, lease_seconds: float) -> lis
     return claimed
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """How one claimed message ended this pass, with what to record."""
 
@@ -261,8 +252,9 @@ class Outcome:
     last_error: str | None = None
     relay_id: int | None = None
     sent_at: datetime | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    unknown_outcomes: int = 0
+    attempts: tuple[AttemptRecord, ...] = ()
+    events: tuple[EventRecord, ...] = ()
 
 
 _MESSAGES = Message.__table__
@@ -280,6 +272,7 @@ _FINISH = (
         last_error=bindparam("b_error"),
         relay_id=bindparam("b_relay"),
         sent_at=bindparam("b_sent"),
+        unknown_outcomes=bindparam("b_unknown"),
         updated_at=bindparam("b_now"),
         lease_owner=None,
         lease_expires_at=None,
@@ -296,8 +289,8 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
     if not outcomes:
         return 0
     now = utcnow()
-    attempts = [a for o in outcomes for a in o.attempts]
-    events = [e for o in outcomes for e in o.events]
+    attempts = [a.row() for o in outcomes for a in o.attempts]
+    events = [e.row() for o in outcomes for e in o.events]
     if attempts:
         conn.execute(_INSERT_ATTEMPT, attempts)
     if events:
@@ -312,6 +305,7 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
             "b_error": o.last_error,
             "b_relay": o.relay_id,
             "b_sent": o.sent_at,
+            "b_unknown": o.unknown_outcomes,
             "b_now": now,
         }
         for o in outcomes
@@ -324,6 +318,42 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
             extra={"expected": len(outcomes), "updated": updated, "owner": owner},
         )
     return updated
+
+
+def release(conn: Connection, owner: str, ids: list[int], why: str) -> int:
+    """Return claimed messages that were never attempted to the queue, due now.
+
+    Their claim counted an attempt that did not happen: it is taken back. Only rows this
+    owner still holds are touched; each gets an event saying why.
+    """
+    if not ids:
+        return 0
+    now = utcnow()
+    released = list(
+        conn.execute(
+            update(Message)
+            .where(Message.id.in_(ids), Message.lease_owner == owner, Message.status == SENDING)
+            .values(
+                status=QUEUED,
+                next_attempt_at=now,
+                attempt_count=Message.attempt_count - 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
+    if released:
+        conn.execute(
+            insert(Event),
+            [
+                {"at": now, "type": "released", "message_id": mid, "detail": why}
+                for mid in released
+            ],
+        )
+    return len(released)
 
 
 def renew_leases(conn: Connection, owner: str, lease_seconds: float) -> int:

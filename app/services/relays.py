@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import case, func, select
-from sqlalchemy import update as sql_update
 
-from app import crypto, writelock
+from app.crypto import SecretBox, SecretUnreadable
+from app.db import db
 from app.domain import breaker
 from app.domain.breaker import BreakerPolicy, Circuit, CircuitState, Transition
-from app.extensions import db
-from app.models import Attempt, Event, HealthCheck, Relay, utcnow
+from app.models import Attempt, HealthCheck, Relay, utcnow
+from app.services import circuits
+from app.services.records import EventRecord
 from app.transport.smtp import SECURITY_MODES, Endpoint
 
 # "log" is test mode: mail routed to it is logged, not sent (status "logged").
@@ -54,8 +54,10 @@ class RelaySnapshot:
     max_rate: float | None
     policy: BreakerPolicy
     circuit: Circuit
-    circuit_changed_at: Any
-    cooldown_until: Any
+    circuit_changed_at: datetime | None
+    cooldown_until: datetime | None
+    unknown_retries: int = 3
+    unusable: str | None = None  # why no message can go through it, e.g. an unreadable secret
 
 
 def ordered() -> list[Relay]:
@@ -90,6 +92,7 @@ def validate(values: dict[str, Any]) -> None:
         raise RelayError("maintenance policy must be hold or reroute", "maintenance_policy")
     for key, low in (
         ("weight", 0),
+        ("unknown_retries", 0),
         ("max_per_connection", 1),
         ("breaker_threshold", 1),
         ("breaker_open_seconds", 1),
@@ -103,8 +106,8 @@ def validate(values: dict[str, Any]) -> None:
             raise RelayError(f"{key} must not contain line breaks", key)
 
 
-def create(**values: Any) -> Relay:
-    """Add a relay; the password is encrypted before it is stored."""
+def create(box: SecretBox, **values: Any) -> Relay:
+    """Add a relay; the password is sealed in `box` before it is stored."""
     validate(values)
     if db.session.scalar(select(Relay.id).where(Relay.name == values["name"])):
         raise RelayError(f"a relay named {values['name']!r} already exists", "name")
@@ -114,7 +117,7 @@ def create(**values: Any) -> Relay:
         values["priority"] = (last or 0) + 10
     relay = Relay(**{k: v for k, v in values.items() if v is not None})
     if password:
-        relay.password_encrypted = crypto.encrypt(current_app.config["SECRET_KEY"], password)
+        relay.password_encrypted = box.encrypt(password)
     db.session.add(relay)
     db.session.commit()
     return relay
@@ -125,8 +128,11 @@ def get_by_id(relay_id: int) -> Relay | None:
     return db.session.get(Relay, relay_id)
 
 
-def update(relay: Relay, **values: Any) -> Relay:
-    """Change a relay; a blank password keeps the stored one, a blank username drops both."""
+def update(relay: Relay, box: SecretBox | None = None, **values: Any) -> Relay:
+    """Change a relay; a blank password keeps the stored one, a blank username drops both.
+
+    A new password is sealed in `box`, which only a change of password needs.
+    """
     validate(values)
     name = values.get("name")
     if name is not None and name != relay.name:
@@ -139,7 +145,9 @@ def update(relay: Relay, **values: Any) -> Relay:
     if "username" in values and not values["username"]:
         relay.password_encrypted = None  # no username, no login: keep no orphaned secret
     elif password:
-        relay.password_encrypted = crypto.encrypt(current_app.config["SECRET_KEY"], password)
+        if box is None:
+            raise ValueError("a new password needs the secret box to be sealed in")
+        relay.password_encrypted = box.encrypt(password)
     db.session.commit()
     return relay
 
@@ -150,11 +158,9 @@ def remove(relay: Relay) -> None:
     db.session.commit()
 
 
-def endpoint(relay: Relay, secret_key: str) -> Endpoint:
-    """Return the transport endpoint of a relay, its password decrypted."""
-    password = (
-        crypto.decrypt(secret_key, relay.password_encrypted) if relay.password_encrypted else None
-    )
+def endpoint(relay: Relay, box: SecretBox) -> Endpoint:
+    """Return the transport endpoint of a relay, its password decrypted (SecretUnreadable)."""
+    password = box.decrypt(relay.password_encrypted) if relay.password_encrypted else None
     return Endpoint(
         id=relay.id,
         name=relay.name,
@@ -168,10 +174,31 @@ def endpoint(relay: Relay, secret_key: str) -> Endpoint:
     )
 
 
-def snapshot(relay: Relay, secret_key: str) -> RelaySnapshot:
+def unusable(relay: Relay, box: SecretBox) -> str | None:
+    """Say why no message can go through this relay whatever its state, or None."""
+    if relay.password_encrypted is not None:
+        try:
+            box.decrypt(relay.password_encrypted)
+        except SecretUnreadable:
+            return _UNREADABLE_PASSWORD
+    return None
+
+
+_UNREADABLE_PASSWORD = (
+    "its password cannot be decrypted with RELAYBOARD_SECRET_KEY or RELAYBOARD_OLD_SECRET_KEYS "
+    "(list the previous key in RELAYBOARD_OLD_SECRET_KEYS, or enter the password again)"
+)
+
+
+def snapshot(relay: Relay, box: SecretBox) -> RelaySnapshot:
     """Return a delivery pass's read-only view of a relay."""
+    try:
+        reach, why_not = endpoint(relay, box), None
+    except SecretUnreadable:
+        reach = endpoint(_without_password(relay), box)
+        why_not = _UNREADABLE_PASSWORD
     return RelaySnapshot(
-        endpoint=endpoint(relay, secret_key),
+        endpoint=reach,
         priority=relay.priority,
         weight=relay.weight,
         enabled=relay.enabled,
@@ -181,7 +208,16 @@ def snapshot(relay: Relay, secret_key: str) -> RelaySnapshot:
         circuit=circuit_of(relay),
         circuit_changed_at=relay.circuit_changed_at,
         cooldown_until=relay.cooldown_until,
+        unknown_retries=relay.unknown_retries,
+        unusable=why_not,
     )
+
+
+def _without_password(relay: Relay) -> Relay:
+    """A detached copy of a relay's row without its (unreadable) password."""
+    copy = Relay(**{c.key: getattr(relay, c.key) for c in Relay.__table__.columns})
+    copy.password_encrypted = None
+    return copy
 
 
 def policy_of(relay: Relay) -> BreakerPolicy:
@@ -218,10 +254,9 @@ def reorder(ids: list[int]) -> list[Relay]:
     listed = [by_id[i] for i in ids if i in by_id]
     rest = [relay for relay in current if relay.id not in set(ids)]
     new_order = listed + rest
-    with writelock.writing(db.engine):
-        for position, relay in enumerate(new_order, start=1):
-            relay.priority = position * 10
-        db.session.commit()
+    for position, relay in enumerate(new_order, start=1):
+        relay.priority = position * 10
+    db.session.commit()
     return new_order
 
 
@@ -242,7 +277,7 @@ def move(relay: Relay, direction: str) -> bool:
 # -- circuits ---------------------------------------------------------------------------
 
 
-def force_circuit(relay: Relay, state: str, note: str, by: str | None = None) -> Event:
+def force_circuit(relay: Relay, state: str, note: str, by: str | None = None) -> EventRecord:
     """Open or close a relay's circuit by an operator's hand, with a note, and log it."""
     note = " ".join((note or "").split())
     if state not in FORCEABLE:
@@ -253,76 +288,35 @@ def force_circuit(relay: Relay, state: str, note: str, by: str | None = None) ->
         raise RelayError("keep the note under 500 characters", "note")
     target = CircuitState(state)
     for _ in range(3):
-        before = CircuitState(relay.circuit_state)
         now = utcnow()
-        circuit, _transition = breaker.force(policy_of(relay), circuit_of(relay), now, target, note)
+        circuit, transition = breaker.force(policy_of(relay), circuit_of(relay), now, target, note)
+        if transition is None:  # forced into the state it is in: still the operator's word
+            transition = Transition(circuit_of(relay).state, target, note)
         who = f" by {by}" if by else ""
-        event = Event(
-            at=now,
-            type=f"circuit_{target.value}",
-            relay_id=relay.id,
+        event = circuits.transition_event(
+            relay.id,
+            relay.name,
+            transition,
+            now,
             detail=f"forced {target.value.replace('_', '-')}{who}: {note}",
-            data={
-                "relay": relay.name,
-                "from": before.value,
-                "to": target.value,
-                "reason": note,
-                "by": by,
-            },
+            by=by,
         )
-        if save_circuit(relay, before, circuit, event, now):
+        if save_circuit(relay, circuit, event, now):
             return event
-        db.session.refresh(relay)  # the delivery engine changed it meanwhile: decide again
+        db.session.refresh(relay)  # a delivery pass changed it meanwhile: decide again
     raise RelayError("the circuit keeps changing under us; try again")
 
 
-def save_circuit(
-    relay: Relay, before: CircuitState, circuit: Circuit, event: Event, now: datetime
-) -> bool:
-    """Write a relay's new circuit and its event, if the circuit is still in `before`.
+def save_circuit(relay: Relay, circuit: Circuit, event: EventRecord, now: datetime) -> bool:
+    """Write a relay's new circuit and its event, if nobody changed the circuit since it was read.
 
-    The UPDATE is conditional on the state that was read, and its row count is checked,
-    so a transition the delivery engine made meanwhile is never overwritten blindly.
     circuit_changed_at tells running delivery passes to adopt the change.
     """
-    with writelock.writing(db.engine):
-        result = db.session.execute(
-            sql_update(Relay)
-            .where(Relay.id == relay.id, Relay.circuit_state == before.value)
-            .values(
-                circuit_state=circuit.state.value,
-                circuit_failures=circuit.failures,
-                circuit_successes=circuit.successes,
-                circuit_open_until=circuit.open_until,
-                circuit_reason=circuit.reason,
-                circuit_changed_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            db.session.rollback()
-            return False
-        db.session.add(event)
-        db.session.commit()
-    db.session.refresh(relay)
-    return True
-
-
-def transition_event(relay: Relay, transition: Transition, now: datetime, **extra: Any) -> Event:
-    """Return the event row of a circuit transition, shaped like the delivery engine's."""
-    return Event(
-        at=now,
-        type="circuit_" + transition.after.value,
-        relay_id=relay.id,
-        detail=transition.reason,
-        data={
-            "relay": relay.name,
-            "from": transition.before.value,
-            "to": transition.after.value,
-            "reason": transition.reason,
-            **extra,
-        },
-    )
+    with db.engine.begin() as conn:
+        written = circuits.save(conn, relay.id, relay.circuit_changed_at, circuit, [event], now)
+    if written:
+        db.session.refresh(relay)
+    return written
 
 
 # -- the table's numbers ----------------------------------------------------------------

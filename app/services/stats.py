@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, case, cast, func, select
 
+from app.db import db
 from app.domain.breaker import CircuitState
-from app.extensions import db
 from app.models import (
     DEFERRED,
     HELD,

@@ -22,14 +22,14 @@ class RelayUnavailable(Exception):
 class RelayPool:
     """Hand out sessions to one relay, up to `size` at once, reusing them across messages.
 
-    Slow start: until a message has gone through in this pass, and again after a
-    server-level failure, one message at a time uses the relay. So a relay that
-    answers 421 meets one message per breaker step, not a whole batch at once, and a
-    relay that accepts connections but never greets holds one message for the
-    connect timeout. Others wait at most `patience` seconds for that first attempt,
-    then try the next relay; a caller with no next relay to try waits the attempt out
-    instead, since deferring it would only delay it more. After a failed connect the
-    relay is down for the pass.
+    Slow start: until an attempt has proved the relay in this pass, and again after one
+    disproved it, one message at a time uses the relay. So a relay that answers 421
+    meets one message per breaker step, not a whole batch at once, and a relay that
+    accepts connections but never greets holds one message for the connect timeout.
+    Others wait at most `patience` seconds for that first attempt, then give up (and
+    try the next relay); a caller told to `wait_out` (it has nowhere else to go) waits
+    for the attempt to end instead, and gives up too if it ended without proving the
+    relay. After a failed connect the relay is down for the rest of the pass.
     """
 
     def __init__(
@@ -45,30 +45,33 @@ class RelayPool:
         self._proven = False
         self._stalled_since: float | None = None
         self._ended = 0  # attempts ended (released, or failed to open): waiters compare
+        self._refused: tuple[int, str] = (0, "")  # (how many refusals so far, the last reason)
         self.down: str | None = None
         self._changed = asyncio.Condition()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def acquire(
-        self,
-        admit: Callable[[], str | None] | None = None,
-        last_resort: Callable[[], bool] | None = None,
-    ) -> RelaySession:
-        """Return a ready session; raise TransportError if this caller's connect failed.
+    def refuse_waiters(self, reason: str) -> None:
+        """Send everyone waiting for a session away with `reason` (its circuit opened)."""
+        self._refused = (self._refused[0] + 1, reason)
+        self._wake_all()
 
-        `admit` is asked again once a slot is free (the circuit may have opened while
-        this caller waited); a reason it returns is raised as RelayUnavailable.
-        `last_resort` is asked once the first attempt has outlasted the patience: True
-        (no other relay could take this message) means wait for that attempt to end;
-        if it ends without proving the relay, this caller gives up too, so a relay that
-        swallows messages or throttles meets them one at a time only within patience.
+    async def acquire(self, *, wait_out: bool = False) -> RelaySession:
+        """Return a ready session; raise RelayUnavailable, or TransportError if the connect failed.
+
+        1. Take a free slot (one while the relay is unproven, `size` once proven).
+        2. Else wait: for any slot once proven; for the first attempt while not, at most
+           `patience`, or until it ends with `wait_out`.
+        3. Reuse an idle session, or open one; a failed open marks the relay down.
         """
         async with self._changed:
             waited_since = time.monotonic()
-            waiting_out: int | None = None  # self._ended when this caller began to wait
+            refusals = self._refused[0]
+            waiting_out: int | None = None  # self._ended when this caller began to wait it out
             while True:
                 if self.down:
                     raise RelayUnavailable(self.down)
+                if self._refused[0] != refusals:
+                    raise RelayUnavailable(self._refused[1])
                 if waiting_out is not None and waiting_out != self._ended and not self._proven:
                     self._changed.notify()  # pass the wake-up on to the next waiter
                     raise RelayUnavailable(
@@ -76,10 +79,6 @@ class RelayPool:
                         "delivery"
                     )
                 if self._in_use < (self.size if self._proven else 1):
-                    refusal = admit() if admit else None
-                    if refusal:
-                        self._changed.notify()  # pass the wake-up on to the next waiter
-                        raise RelayUnavailable(refusal)
                     self._in_use += 1
                     if self._idle:
                         return self._idle.pop()
@@ -95,7 +94,7 @@ class RelayPool:
                         # A wake-up that raced the timeout is lost with it: look again.
                         self._stalled_since = waited_since
                     continue
-                if last_resort is not None and last_resort():
+                if wait_out:
                     waiting_out = self._ended  # the attempt ends by its own timeouts
                     continue
                 pending = time.monotonic() - self._stalled_since
@@ -105,44 +104,47 @@ class RelayPool:
         try:
             return await self._opener(self.endpoint, self.timeouts)
         except TransportError as exc:
-            async with self._changed:
-                self._in_use -= 1
-                self._ended += 1
-                self.down = f"{exc.kind.replace('_', ' ')} at {exc.stage}: {exc.detail}"
-                self._changed.notify_all()
+            self.down = f"{exc.kind.replace('_', ' ')} at {exc.stage}: {exc.detail}"
+            await self._end_attempt()
             raise
         except BaseException:
-            async with self._changed:
-                self._in_use -= 1
-                self._ended += 1
-                self._changed.notify_all()
+            await self._end_attempt()
             raise
 
-    async def release(self, session: RelaySession, *, healthy: bool | None = None) -> None:
-        """Take a session back; `healthy`: the relay delivered (True) or failed (False)."""
+    async def release(self, session: RelaySession, *, proved: bool | None = None) -> None:
+        """Take a session back; `proved`: the attempt showed the relay works (True) or not."""
         spent = session.sent >= self.endpoint.max_per_connection
-        async with self._changed:
-            self._in_use -= 1
-            self._ended += 1
-            self._stalled_since = None
-            if healthy is True:
-                self._proven = True
-            elif healthy is False:
-                self._proven = False
-            if session.broken or spent or self.down:
-                task = asyncio.ensure_future(session.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            else:
-                self._idle.append(session)
-            # One slot came free; after a change of pace, everyone re-checks.
-            if healthy is None:
-                self._changed.notify()
-            else:
-                self._changed.notify_all()
+        if session.broken or spent or self.down:
+            task = asyncio.ensure_future(session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        else:
+            self._idle.append(session)
+        self._stalled_since = None
+        if proved is not None:
+            self._proven = proved
+        # One slot came free; after a change of pace, everyone re-checks.
+        await self._end_attempt(everyone=proved is not None)
 
     async def close(self) -> None:
         """Close every idle session and wait for closes in progress."""
-        async with self._changed:
-            idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, []
         await asyncio.gather(*(s.close() for s in idle), *self._closing, return_exceptions=True)
+
+    async def _end_attempt(self, *, everyone: bool = True) -> None:
+        async with self._changed:
+            self._in_use -= 1
+            self._ended += 1
+            if everyone:
+                self._changed.notify_all()
+            else:
+                self._changed.notify()
+
+    def _wake_all(self) -> None:
+        async def wake() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.ensure_future(wake())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

@@ -275,6 +275,9 @@ class RelaySession:
         except (SMTPException, ConnectionError, OSError, TimeoutError) as exc:
             self.broken = True
             raise _error(exc, stage) from exc
+        except asyncio.CancelledError:
+            self.broken = True  # stopped mid-transaction: the session cannot be reused
+            raise
 
     async def _reset(self, code: int) -> None:
         if code == 421 or not self.smtp.is_connected:

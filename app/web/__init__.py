@@ -13,14 +13,12 @@ from app.services import operators
 from app.web.render import htmx
 
 # Endpoints open without an operator session (API keys and signatures guard their own).
-PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health.healthz", "status.page"}
+PUBLIC_ENDPOINTS = {"auth.login", "auth.setup", "static", "health.healthz"}
 PUBLIC_PREFIXES = ("api.", "hooks.")
 
 
-def register(app: Flask) -> None:
-    """Register the dashboard blueprints and require a signed-in operator for them."""
-    from app.web.auth.routes import bp as auth_bp
-
+def init_app(app: Flask) -> None:
+    """Set up sign-in and require a signed-in operator for every page but the public ones."""
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please sign in."
@@ -28,13 +26,6 @@ def register(app: Flask) -> None:
     login_manager.user_loader(operators.get)
     htmx.init_app(app)
     app.jinja_env.globals["now_utc"] = utcnow
-    app.register_blueprint(auth_bp)
-    for module in ("overview", "relays", "messages", "events", "settings"):
-        try:
-            blueprint = __import__(f"app.web.{module}.routes", fromlist=["bp"]).bp
-        except ModuleNotFoundError:
-            continue  # an area not built yet
-        app.register_blueprint(blueprint)
 
     @app.before_request
     def require_operator() -> Any:

@@ -14,7 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.extensions import db
+from app.db import db
 from tests.conftest import SECRET, make_settings
 from tests.smtp_servers import TestCertificate
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
+from app.db import db
 from app.domain.mime import Mailbox, MessageSpec, build_message
-from app.extensions import db
 from app.models import Message, Relay
 from app.services import operators, queue, relays
 from app.services.delivery import DeliveryEngine
@@ -31,7 +31,8 @@ def add_relay(live: LiveServer, name: str, server: Any, **values: Any) -> int:
     """Add a relay pointing at a test server (host and port) and return its id."""
     values.setdefault("security", "none")
     with live.app.app_context():
-        return relays.create(name=name, host=server.host, port=server.port, **values).id
+        box = live.app.config["RELAYBOARD"].secret_box
+        return relays.create(box, name=name, host=server.host, port=server.port, **values).id
 
 
 def change_relay(live: LiveServer, relay_id: int, **values: Any) -> None:
@@ -75,11 +76,11 @@ def message_status(live: LiveServer, message_pk: int) -> str:
         return row.status
 
 
-def drain(live: LiveServer) -> Any:
+def run_pass(live: LiveServer) -> Any:
     """Run one delivery pass in a thread of its own (asyncio.run cannot run on this one)."""
     with live.app.app_context():
         engine = DeliveryEngine(db.engine, live.app.config["RELAYBOARD"])
-    return in_thread(engine.drain)
+    return in_thread(engine.run_pass)
 
 
 def set_marker(page: Page) -> str:

@@ -12,10 +12,10 @@ from tests.browser.helpers import (
     add_relay,
     assert_same_window,
     change_relay,
-    drain,
     enqueue,
     message_status,
     relay_names,
+    run_pass,
     set_marker,
     sign_in,
 )
@@ -226,7 +226,7 @@ def test_overview_shows_a_circuit_opening_live(
 
     for subject in ("first", "second", "third"):
         enqueue(live, subject)
-        drain(live)
+        run_pass(live)
     assert smtp_server.wait_for(3)
 
     note = primary.locator(".circuit-note")
@@ -244,7 +244,7 @@ def test_retry_a_deferred_message(
 ) -> None:
     relay_id = add_relay(live, "only", refusing_server)
     message = enqueue(live, "Please retry me")
-    drain(live)
+    run_pass(live)
     assert message_status(live, message) == "deferred"
 
     sign_in(page, live)
@@ -261,7 +261,7 @@ def test_retry_a_deferred_message(
     expect(page.get_by_role("button", name="Retry now")).to_have_count(0)
 
     url = set_marker(page)
-    drain(live)
+    run_pass(live)
     assert message_status(live, message) == "sent"
     expect(header.locator(".badge")).to_have_text("sent", timeout=LIVE)
     expect(page.get_by_role("button", name="Cancel message")).to_have_count(0)

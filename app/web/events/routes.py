@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy import select
 from wtforms import SelectChoice
 
-from app.extensions import db
+from app.db import db
 from app.models import Relay, utcnow
 from app.services import operations
 from app.web.events.forms import GROUP_LABELS, EventFilterForm

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 from werkzeug.wrappers import Response
 
+from app.db import db
 from app.domain.links import extract_links
-from app.extensions import db
 from app.models import PRIORITY_NAMES, Attempt, Message
 from app.services import operations, queue
 from app.web.messages.forms import MessageFilterForm

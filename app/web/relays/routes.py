@@ -18,7 +18,7 @@ from flask_login import current_user
 from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from app import settings_of
+from app.config import settings_of
 from app.domain import mime
 from app.models import PRIORITIES, Relay
 from app.services import health, queue, relays
@@ -124,7 +124,7 @@ def new() -> Response | str:
     form = RelayForm()
     if form.validate_on_submit():
         try:
-            relay = relays.create(**form.values())
+            relay = relays.create(settings_of(current_app).secret_box, **form.values())
         except relays.RelayError as exc:
             form.add_service_error(exc)
         else:
@@ -144,7 +144,7 @@ def edit(relay_id: int) -> Response | str:
         if values["priority"] is None:
             del values["priority"]  # blank keeps its place
         try:
-            relays.update(relay, **values)
+            relays.update(relay, settings_of(current_app).secret_box, **values)
         except relays.RelayError as exc:
             form.add_service_error(exc)
         else:
@@ -183,7 +183,8 @@ def test(relay_id: int) -> Response:
     """Probe the relay now (the one SMTP conversation a request may hold) and show each step."""
     relay = _relay(relay_id)
     before = relay.circuit_state
-    check = health.probe_relay(relay, health.OPERATOR, by=current_user.email)
+    settings = settings_of(current_app)
+    check = health.probe_relay(relay, settings, health.OPERATOR, by=current_user.email)
     response = page_or_fragment(
         "relays/test.html",
         "relays/_probe.html",
@@ -242,9 +243,7 @@ def send_test(relay_id: int) -> Response | str:
     )
     link = f"{url_for('messages.index')}{queued.id}"
     note = ""
-    if not relay.enabled:
-        note = " The relay is disabled: the message waits until it is enabled."
-    elif relay.circuit_state == "open":
+    if relay.circuit_state == "open":
         note = " The relay's circuit is open: the message waits for it."
     flash(
         Markup('Queued test message <a href="{}">#{}</a> to {} through {}.{}').format(
