@@ -387,8 +387,10 @@ class _Handler:
             data=content,
             message_id=_message_id(content),
         )
-        if owner._hang_after_data:
+        if owner._hang_after_data or owner._drop_after_data:
             owner.hung.append(message)
+            if owner._drop_after_data and server.transport is not None:
+                server.transport.abort()  # the reply to the final dot is lost
             await server.loop.create_future()  # cancelled on disconnect or stop()
         if reply is not None:
             return reply
@@ -452,6 +454,7 @@ class ScriptedSMTPServer:
         self._delays: dict[str, float] = {}
         self._rejected: dict[str, str] = {}
         self._hang_after_data = False
+        self._drop_after_data = False
         self._sessions: set[_ScriptedSMTP] = set()
         self._controller: _Controller | None = None
         self._ready = False
@@ -575,6 +578,10 @@ class ScriptedSMTPServer:
         """Read the message after DATA, then never answer the final dot."""
         self._hang_after_data = flag
 
+    def drop_after_data(self, flag: bool = True) -> None:
+        """Read the message after DATA, then drop the connection instead of answering."""
+        self._drop_after_data = flag
+
     def reset(self) -> None:
         """Go back to accepting everything immediately."""
         with self._lock:
@@ -582,6 +589,7 @@ class ScriptedSMTPServer:
             self._delays = {}
             self._rejected = {}
             self._hang_after_data = False
+            self._drop_after_data = False
 
     def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
         """Block until at least ``count`` messages were received and return them all."""

@@ -502,6 +502,57 @@ def test_the_list_filters_by_status_newest_first(
     assert [m["subject"] for m in listed] == expected
 
 
+def test_a_key_reads_and_lists_only_the_messages_it_sent(
+    client: FlaskClient, auth: dict[str, str], send: Any, app: Any
+) -> None:
+    from app.domain import mime
+    from app.services import queue
+
+    mine = send(subject="mine")
+    _, other_key = api_keys.create("billing")
+    other = {"Authorization": f"Bearer {other_key}"}
+    theirs = post(client, other, body(subject="theirs")).get_json()
+    spec = mime.MessageSpec(
+        mime.Mailbox("ops@example.com"), [mime.Mailbox("me@example.org")], [], [], None,
+        "dashboard test", "hi", None, [], {}, [],
+    )  # fmt: skip
+    keyless = queue.enqueue(mime.build_message(spec, max_bytes=10_000)).id  # a test email
+    # Each key: its own message, 404 for the other's and for the dashboard's.
+    for headers, own, foreign in ((auth, mine, theirs), (other, theirs, mine)):
+        assert client.get(f"/api/messages/{own['id']}", headers=headers).status_code == 200
+        for hidden in (foreign["id"], keyless):
+            error_of(client.get(f"/api/messages/{hidden}", headers=headers), 404, "not_found")
+        listed = client.get("/api/messages", headers=headers).get_json()["messages"]
+        assert [m["id"] for m in listed] == [own["id"]]
+    # A read-all key reads and lists every message, and sends too.
+    _, support_key = api_keys.create("support", scope="read-all")
+    support = {"Authorization": f"Bearer {support_key}"}
+    own = post(client, support, body(subject="support's own")).get_json()
+    listed = client.get("/api/messages", headers=support).get_json()["messages"]
+    assert [m["id"] for m in listed] == [own["id"], keyless, theirs["id"], mine["id"]]
+    assert client.get(f"/api/messages/{keyless}", headers=support).status_code == 200
+
+
+def test_a_change_of_scope_takes_effect_at_once(
+    client: FlaskClient, auth: dict[str, str], send: Any
+) -> None:
+    _, other_key = api_keys.create("billing")
+    other = {"Authorization": f"Bearer {other_key}"}
+    theirs = post(client, other, body()).get_json()
+    assert client.get(f"/api/messages/{theirs['id']}", headers=auth).status_code == 404
+    api_keys.set_scope("test-app", "read-all")
+    assert client.get(f"/api/messages/{theirs['id']}", headers=auth).status_code == 200
+    api_keys.set_scope("test-app", "send")
+    assert client.get(f"/api/messages/{theirs['id']}", headers=auth).status_code == 404
+
+
+@pytest.mark.parametrize("pk", [2**63, 10**30])
+def test_an_id_beyond_the_integer_range_is_404(
+    client: FlaskClient, auth: dict[str, str], pk: int
+) -> None:
+    error_of(client.get(f"/api/messages/{pk}", headers=auth), 404, "not_found")
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [("status=bogus", "status"), ("status=SENT", "status"), ("limit=0", "limit")],

@@ -9,11 +9,9 @@ environment (same database, same secret key).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,48 +26,18 @@ from app.config import Settings
 from app.db import db
 from app.models import ApiKey, Message, Relay
 from app.services import api_keys, relays
+from tests.processes import (
+    DB_NAME,
+    environment,
+    free_port,
+    relayboard,
+    start,
+    wait_until_serving,
+)
 
-RELAYBOARD = Path(sys.executable).with_name("relayboard")
-SECRET = "cli-test-secret-0123456789abcdef"
 PASSWORD = "cli-relay-password-s3cret"
-DB_NAME = "relayboard.db"
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def environment(instance: Path) -> dict[str, str]:
-    """The process environment: this one without RELAYBOARD_*, plus a test configuration."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAYBOARD_", "FLASK_"))}
-    env.update(
-        {
-            "RELAYBOARD_INSTANCE_PATH": str(instance),
-            "RELAYBOARD_DATABASE_URL": f"sqlite:///{instance / DB_NAME}",
-            "RELAYBOARD_SECRET_KEY": SECRET,
-            "RELAYBOARD_SCHEDULER": "0",
-            "RELAYBOARD_LOG_LEVEL": "WARNING",
-            "RELAYBOARD_CONNECT_TIMEOUT": "2",
-            "RELAYBOARD_COMMAND_TIMEOUT": "2",
-            "RELAYBOARD_ATTEMPT_DEADLINE": "4",
-            "RELAYBOARD_CONNECT_PATIENCE": "0.3",
-        }
-    )
-    return env
-
-
-def relayboard(
-    env: dict[str, str], *args: str, stdin: str | None = None, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    """Run the console script and return what it did."""
-    return subprocess.run(
-        [str(RELAYBOARD), *args],
-        env={**env, **extra},
-        cwd=env["RELAYBOARD_INSTANCE_PATH"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +268,21 @@ def test_api_keys_create_prints_a_working_key_alone_on_the_last_line(run: Run, a
     assert authenticate(key) == row.id
 
 
+def test_api_keys_get_a_scope_at_creation_and_an_operator_changes_it(run: Run, app: Flask) -> None:
+    default = run("api-keys", "create", "--name", "shop")
+    support = run("api-keys", "create", "--name", "support", "--scope", "read-all")
+    assert default.returncode == support.returncode == 0, default.stderr + support.stderr
+    assert "(send)" in default.stdout and "(read-all)" in support.stdout
+    bad = run("api-keys", "create", "--name", "root", "--scope", "admin")
+    assert bad.returncode == 2 and "'admin' is not one of 'send', 'read-all'" in bad.stderr
+    changed = run("api-keys", "scope", "shop", "read-all")
+    assert changed.returncode == 0 and changed.stdout.strip() == "shop is now read-all"
+    listed = {line.split()[0]: line.split() for line in run("api-keys", "list").stdout.splitlines()}
+    assert listed["shop"][2] == listed["support"][2] == "read-all"
+    missing = run("api-keys", "scope", "nobody", "send")
+    assert missing.returncode == 1 and "no API key named 'nobody'" in missing.stderr
+
+
 def test_api_keys_list_shows_keys_without_the_secret(run: Run, app: Flask) -> None:
     _, live = api_keys.create("app")
     _, old = api_keys.create("old-app")
@@ -376,34 +359,19 @@ def test_an_unknown_event_loop_is_refused_at_start_up(run: Run) -> None:
 def test_serve_runs_the_api_and_the_scheduler_in_gunicorn(
     env: dict[str, str], run: Run, smtp_server: Any, app: Flask
 ) -> None:
-    import json
-    import socket
-    import time
     import urllib.request
 
     add("sink", smtp_server)
     key = run("api-keys", "create", "--name", "served").stdout.strip().splitlines()[-1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    served = subprocess.Popen(
-        [str(RELAYBOARD), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        env={**env, "RELAYBOARD_SCHEDULER": "1", "RELAYBOARD_DRAIN_INTERVAL": "0.2"},
-        cwd=env["RELAYBOARD_INSTANCE_PATH"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    port = free_port()
+    served = start(
+        env,
+        *("serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"),
+        RELAYBOARD_SCHEDULER="1",
+        RELAYBOARD_DRAIN_INTERVAL="0.2",
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    assert json.load(r)["status"] == "ok"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
+        wait_until_serving(port)
         body = json.dumps(
             {"from": "a@example.com", "to": ["b@example.org"], "subject": "served", "text": "hello"}
         ).encode()

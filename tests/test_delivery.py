@@ -388,6 +388,34 @@ def test_a_reply_lost_after_the_final_dot_is_an_unknown_outcome(
     assert relay("primary").circuit_failures == 0
 
 
+@pytest.mark.parametrize("bound", [3, 0])
+def test_unknown_outcomes_are_retried_up_to_the_relays_bound_then_fail(
+    smtp_server: Any,
+    add_relay: Any,
+    send: Any,
+    engine: DeliveryEngine,
+    client: Any,
+    auth: dict[str, str],
+    bound: int,
+) -> None:
+    smtp_server.drop_after_data()  # takes each message, then drops the line before its reply
+    add_relay("primary", smtp_server, unknown_retries=bound)
+    queued = send()
+    for _ in range(bound + 3):  # more passes than the bound allows
+        make_due(queued["id"])
+        engine.run_pass()
+    row = message(queued["id"])
+    # Sent once, then retried `bound` times with the same Message-ID; then never again.
+    assert len(smtp_server.hung) == bound + 1
+    assert {got.message_id for got in smtp_server.hung} == {queued["message_id"]}
+    assert row.status == "failed" and row.unknown_outcomes == bound + 1
+    assert row.last_error is not None and row.last_error.startswith("outcome unknown"), row
+    assert [a.outcome for a in attempts(row.id)] == ["unknown"] * (bound + 1)
+    shown = client.get(f"/api/messages/{queued['id']}", headers=auth).get_json()
+    assert [a["outcome"] for a in shown["attempts"]] == ["unknown"] * (bound + 1)
+    assert shown["status"] == "failed"
+
+
 def test_a_message_too_old_fails_with_a_reason(
     refusing_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine
 ) -> None:

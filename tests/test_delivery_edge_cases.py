@@ -291,6 +291,7 @@ def test_a_crashed_delivery_keeps_the_recipients_still_owed(
     queued = send(to=["a@example.org", "b@example.org"])
     engine_with(app).run_pass()
     assert message(queued["id"]).pending_recipients == ["b@example.org"]
+
     async def boom(*_args: Any) -> Any:
         raise RuntimeError("a bug in the engine")
 

@@ -12,11 +12,15 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, update
 
+from app.crypto import SecretBox
 from app.db import db
 from app.models import Attempt, Event, HealthCheck, Message, Relay, utcnow
 from app.services import stats
 from app.services.delivery import DeliveryEngine
 from app.services.stats import RelayCircuit
+from tests.conftest import SECRET
+
+BOX = SecretBox([SECRET])
 
 BOTH_DATABASES = pytest.mark.parametrize(
     "database_url", ["sqlite", pytest.param("pg", marks=pytest.mark.pg)], indirect=True
@@ -98,7 +102,7 @@ def test_it_is_operational_while_mail_flows(
     send()
     engine.run_pass()
     smtp_server.wait_for(1)
-    assert stats.overall_state() == ("operational", [])
+    assert stats.overall_state(BOX) == ("operational", [])
     html = page(browser_client)
     assert 'class="badge state-operational"' in html and "Mail is flowing" in html
     assert "No API key yet" not in html
@@ -122,7 +126,7 @@ def test_an_open_circuit_is_degraded_and_its_tile_says_until_when_and_why(
     assert primary.circuit_state == "open" and primary.circuit_open_until is not None
     until = primary.circuit_open_until.strftime("%H:%M")
 
-    state, reasons = stats.overall_state()
+    state, reasons = stats.overall_state(BOX)
     assert state == "degraded"
     assert reasons == [f"primary: circuit open until {until} UTC — {primary.circuit_reason}"]
 
@@ -167,7 +171,7 @@ def test_mail_deferred_after_recent_failures_is_degraded(
     send()
     engine.run_pass()
     assert relay("primary").circuit_state == "closed"  # still usable: not an outage
-    state, reasons = stats.overall_state()
+    state, reasons = stats.overall_state(BOX)
     assert state == "degraded"
     assert reasons == ["1 message(s) deferred after delivery failures in the last 10 minutes"]
 
@@ -187,7 +191,7 @@ def test_an_old_deferred_message_is_degraded_even_without_recent_failures(
     db.session.execute(update(Message).where(Message.id == queued["id"]).values(created_at=past))
     db.session.execute(update(Event).values(at=past))
     db.session.commit()
-    state, reasons = stats.overall_state()
+    state, reasons = stats.overall_state(BOX)
     assert state == "degraded"
     assert reasons == ["mail is delayed: the oldest waiting message is 12 min old"]
     figures = page(browser_client, "/partials/queue")
@@ -210,7 +214,7 @@ def test_every_relay_open_with_mail_waiting_is_an_outage(
     send()
     engine.run_pass()
     assert {relay("primary").circuit_state, relay("backup").circuit_state} == {"open"}
-    state, reasons = stats.overall_state()
+    state, reasons = stats.overall_state(BOX)
     assert state == "outage"
     assert reasons[0] == (
         "every enabled relay's circuit is open: nothing can be delivered (1 message(s) waiting)"
@@ -228,7 +232,7 @@ def test_an_open_circuit_past_its_timeout_counts_as_half_open(
     primary.circuit_open_until = utcnow() - timedelta(minutes=1)
     primary.circuit_reason = "421 4.3.2 maintenance"
     db.session.commit()
-    assert stats.overall_state() == (
+    assert stats.overall_state(BOX) == (
         "degraded",
         ["primary: circuit half-open, the next send is a trial"],
     )
@@ -237,7 +241,7 @@ def test_an_open_circuit_past_its_timeout_counts_as_half_open(
 
 
 def test_a_fresh_install_is_an_outage_that_says_what_to_do(browser_client: FlaskClient) -> None:
-    assert stats.overall_state() == (
+    assert stats.overall_state(BOX) == (
         "outage",
         ["no relay is configured: nothing can be delivered (new mail will wait)"],
     )

@@ -47,6 +47,7 @@ def form_for(
         "breaker_threshold": "3",
         "breaker_open_seconds": "1800",
         "breaker_success_threshold": "1",
+        "unknown_retries": "3",
     }
     values.update(changes)
     return {k: v for k, v in values.items() if v is not None}
@@ -169,7 +170,13 @@ def test_adding_a_relay_stores_it_at_the_end_and_says_so(
     add_relay("first", smtp_server, priority=10)
     response = browser_client.post(
         "/relays/new",
-        data=form_for("sendgrid", "smtp.sendgrid.net", provider="sendgrid", max_rate="12.5"),
+        data=form_for(
+            "sendgrid",
+            "smtp.sendgrid.net",
+            provider="sendgrid",
+            max_rate="12.5",
+            unknown_retries="1",
+        ),
     )
     relay = db.session.scalar(select(Relay).where(Relay.name == "sendgrid"))
     assert relay is not None
@@ -182,6 +189,7 @@ def test_adding_a_relay_stores_it_at_the_end_and_says_so(
         "sendgrid",
     )
     assert relay.max_rate == 12.5 and relay.priority == 20 and relay.tls_verify
+    assert relay.unknown_retries == 1
     page = browser_client.get(response.headers["Location"]).get_data(as_text=True)
     assert "Added sendgrid. Test its connection next." in page
 
@@ -202,6 +210,7 @@ def test_adding_a_relay_stores_it_at_the_end_and_says_so(
         ({"maintenance_policy": "drop"}, "maintenance_policy", "Not a valid choice"),
         ({"breaker_threshold": "0"}, "breaker_threshold", "At least 1."),
         ({"max_rate": "0"}, "max_rate", "More than 0, or leave blank."),
+        ({"unknown_retries": "-1"}, "unknown_retries", "0 to 100."),
     ],
 )
 def test_the_add_form_shows_what_is_wrong_beside_the_field(

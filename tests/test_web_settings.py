@@ -204,3 +204,35 @@ def test_the_settings_page_keeps_to_the_csp(browser_client: FlaskClient) -> None
     html = create(browser_client, "billing").get_data(as_text=True)
     assert not re.search(r"<script(?![^>]*\bsrc=)", html)
     assert " style=" not in html and "hx-on" not in html
+
+
+def test_a_key_is_created_with_the_scope_chosen_and_send_by_default(
+    browser_client: FlaskClient,
+) -> None:
+    page = browser_client.get("/settings/").get_data(as_text=True)
+    assert '<input checked id="scope-0" name="scope" type="radio" value="send">' in page
+    assert create(browser_client, "shop").status_code == 201
+    made = browser_client.post("/settings/api-keys", data={"name": "support", "scope": "read-all"})
+    assert made.status_code == 201
+    assert (key_row("shop").scope, key_row("support").scope) == ("send", "read-all")
+    html = made.get_data(as_text=True)
+    assert '<option value="read-all" selected>every message</option>' in row_of(html, "support")
+    assert '<option value="send" selected>its own messages</option>' in row_of(html, "shop")
+
+
+def test_an_operator_changes_what_a_key_may_read(browser_client: FlaskClient) -> None:
+    _, key = api_keys.create("shop")
+    assert api_keys.authenticate(key).scope == "send"  # type: ignore[union-attr]
+    response = browser_client.post(
+        "/settings/api-keys/shop/scope", data={"scope": "read-all"}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 200
+    flash = json.loads(response.headers["HX-Trigger"])["flash"]
+    assert flash == {"text": "API key 'shop' now reads every message.", "category": "success"}
+    assert key_row("shop").scope == "read-all"
+    assert api_keys.authenticate(key).scope == "read-all"  # type: ignore[union-attr]
+    refused = browser_client.post(
+        "/settings/api-keys/shop/scope", data={"scope": "admin"}, headers={"HX-Request": "true"}
+    )
+    assert json.loads(refused.headers["HX-Trigger"])["flash"]["category"] == "error"
+    assert key_row("shop").scope == "read-all"

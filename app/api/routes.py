@@ -24,6 +24,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 500
+MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one names no message
 
 
 def api_error(
@@ -198,7 +199,10 @@ def _summary(message: Message, relay_name: str | None) -> dict[str, Any]:
 @bp.get("/messages/<int:message_pk>")
 def message(message_pk: int) -> Any:
     """Return a message with its attempts, events and links (404 for another key's)."""
-    row = db.session.scalar(api_keys.messages_for(g.api_key).where(Message.id == message_pk))
+    row = None
+    if message_pk <= MAX_ID:
+        query = api_keys.messages_for(g.api_key).where(Message.id == message_pk)
+        row = db.session.scalar(query)
     if row is None:
         return api_error(404, "not_found", f"no message with id {message_pk}")
     relay_name = (
@@ -266,7 +270,7 @@ def messages() -> Any:
     if status:
         query = query.where(Message.status == status)
     if before:
-        query = query.where(Message.id < before)
+        query = query.where(Message.id < min(before, MAX_ID))
     rows = list(db.session.scalars(query))
     names = {row.id: row.name for row in db.session.execute(select(Relay.id, Relay.name))}
     items = [_summary(m, names.get(m.relay_id) if m.relay_id else None) for m in rows]

@@ -73,9 +73,7 @@ def judge(verdicts: Mapping[str, Verdict], overall: Verdict) -> Judgement:
     delivered = tuple(r for r, v in verdicts.items() if v.action == Action.DELIVERED)
     rejected = {r: v.reason for r, v in verdicts.items() if v.action == Action.REJECT}
     fail_over = tuple(r for r, v in verdicts.items() if v.fails_over)
-    retry = {
-        r: v.reason for r, v in verdicts.items() if v.action in (Action.RETRY, Action.UNKNOWN)
-    }
+    retry = {r: v.reason for r, v in verdicts.items() if v.action in (Action.RETRY, Action.UNKNOWN)}
     unknown = tuple(r for r, v in verdicts.items() if v.action == Action.UNKNOWN)
 
     if delivered:

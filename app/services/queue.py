@@ -348,10 +348,7 @@ def release(conn: Connection, owner: str, ids: list[int], why: str) -> int:
     if released:
         conn.execute(
             insert(Event),
-            [
-                {"at": now, "type": "released", "message_id": mid, "detail": why}
-                for mid in released
-            ],
+            [{"at": now, "type": "released", "message_id": mid, "detail": why} for mid in released],
         )
     return len(released)
 

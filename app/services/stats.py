@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, case, cast, func, select
 
+from app.crypto import SecretBox
 from app.db import db
 from app.domain.breaker import CircuitState
 from app.models import (
@@ -29,6 +30,7 @@ from app.models import (
     Relay,
     utcnow,
 )
+from app.services.relays import unusable
 
 OPERATIONAL, DEGRADED, MAINTENANCE, OUTAGE = "operational", "degraded", "maintenance", "outage"
 
@@ -89,6 +91,7 @@ class RelayCircuit:
     circuit: str
     open_until: datetime | None = None
     reason: str | None = None
+    unusable: str | None = None  # e.g. its password cannot be decrypted
 
 
 def circuit_now(state: str, open_until: datetime | None, now: datetime) -> str:
@@ -217,7 +220,7 @@ def has_live_api_key() -> bool:
     return db.session.scalar(live) is not None
 
 
-def overall_state(now: datetime | None = None) -> tuple[str, list[str]]:
+def overall_state(box: SecretBox, now: datetime | None = None) -> tuple[str, list[str]]:
     """Return the gateway's state and the reasons for it, judged from relays and the queue.
 
     The states are operational, degraded, maintenance and outage. Maintenance comes with
@@ -225,18 +228,16 @@ def overall_state(now: datetime | None = None) -> tuple[str, list[str]]:
     exists this function never returns it.
     """
     now = now or utcnow()
-    rows = db.session.execute(
-        select(
-            Relay.name,
-            Relay.enabled,
-            Relay.circuit_state,
-            Relay.circuit_open_until,
-            Relay.circuit_reason,
-        ).order_by(Relay.priority, Relay.name)
-    )
     relays = [
-        RelayCircuit(name, enabled, circuit_now(state, until, now), until, reason)
-        for name, enabled, state, until, reason in rows
+        RelayCircuit(
+            relay.name,
+            relay.enabled,
+            circuit_now(relay.circuit_state, relay.circuit_open_until, now),
+            relay.circuit_open_until,
+            relay.circuit_reason,
+            unusable(relay, box),
+        )
+        for relay in db.session.scalars(select(Relay).order_by(Relay.priority, Relay.name))
     ]
     depth = queue_depth()
     recent_failures = depth[DEFERRED] > 0 and _failed_since(now - FAILURE_WINDOW)
@@ -262,18 +263,22 @@ def assess(
     degraded: list[str] = []
     waiting = sum(depth.get(status, 0) for status in WAITING)
     enabled = [r for r in relays if r.enabled]
-    usable = [r for r in enabled if r.circuit != CircuitState.OPEN]
+    usable = [r for r in enabled if r.circuit != CircuitState.OPEN and not r.unusable]
     if not usable:
         if not relays:
             why = "no relay is configured"
         elif not enabled:
             why = "no relay is enabled"
-        else:
+        elif all(r.circuit == CircuitState.OPEN for r in enabled):
             why = "every enabled relay's circuit is open"
+        else:
+            why = "no enabled relay can take mail"
         held = f"{waiting} message(s) waiting" if waiting else "new mail will wait"
         outage.append(f"{why}: nothing can be delivered ({held})")
     for relay in enabled:
-        if relay.circuit == CircuitState.OPEN:
+        if relay.unusable:
+            degraded.append(f"{relay.name}: unusable — {relay.unusable}")
+        elif relay.circuit == CircuitState.OPEN:
             until = f" until {relay.open_until:%H:%M} UTC" if relay.open_until else ""
             because = f" — {relay.reason}" if relay.reason else ""
             degraded.append(f"{relay.name}: circuit open{until}{because}")

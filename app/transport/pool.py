@@ -75,8 +75,7 @@ class RelayPool:
                 if waiting_out is not None and waiting_out != self._ended and not self._proven:
                     self._changed.notify()  # pass the wake-up on to the next waiter
                     raise RelayUnavailable(
-                        "not answering well: its first attempt of the pass ended without a "
-                        "delivery"
+                        "not answering well: its first attempt of the pass ended without a delivery"
                     )
                 if self._in_use < (self.size if self._proven else 1):
                     self._in_use += 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, redirect, request, url_for
+from flask import Flask, Response, current_app, redirect, request, url_for
 from flask_login import current_user
 
+from app.config import settings_of
 from app.extensions import login_manager
-from app.models import utcnow
+from app.models import Relay, utcnow
 from app.services import operators
+from app.services.relays import unusable
 from app.web.render import htmx
 
 # Endpoints open without an operator session (API keys and signatures guard their own).
@@ -26,6 +28,7 @@ def init_app(app: Flask) -> None:
     login_manager.user_loader(operators.get)
     htmx.init_app(app)
     app.jinja_env.globals["now_utc"] = utcnow
+    app.jinja_env.globals["unusable"] = _unusable
 
     @app.before_request
     def require_operator() -> Any:
@@ -37,6 +40,12 @@ def init_app(app: Flask) -> None:
         if not current_user.is_authenticated:
             return _go(url_for("auth.login", next=request.full_path.rstrip("?")))
         return None
+
+
+def _unusable(relay: Relay) -> str | None:
+    """Say why no message can go through a relay whatever its state (pages show it)."""
+    # (app.web.relays, the area, would shadow app.services.relays here: import the function)
+    return unusable(relay, settings_of(current_app).secret_box)
 
 
 def _go(location: str) -> Response:

@@ -106,11 +106,9 @@ class MessageDelivery:
             judgement = await self._attempt(relay, to_try, wait_out)
             to_try = list(judgement.fail_over)
             reason, previous = judgement.reason, relay
-        for recipient in to_try:
-            self.retry[recipient] = reason or "no relay available"
-        if not (self.delivered or self.rejected or self.retry):
-            why = "; ".join(skipped) if skipped else "no relay is configured"
-            self.retry = {r: f"no relay available ({why})" for r in self.message.recipients}
+        if to_try:  # no relay left to try: wait, saying why
+            why = reason or f"no relay available ({'; '.join(skipped) or 'none is configured'})"
+            self.retry.update(dict.fromkeys(to_try, why))
         return self._conclude()
 
     async def _attempt(self, relay: RelayState, recipients: list[str], wait_out: bool) -> Judgement:

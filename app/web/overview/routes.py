@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
+from app.config import settings_of
 from app.models import utcnow
 from app.services import stats
 from app.web.overview.chart import bar_chart
@@ -25,7 +26,7 @@ RATE_WINDOW = timedelta(minutes=5)
 
 
 def _state() -> dict[str, Any]:
-    state, reasons = stats.overall_state()
+    state, reasons = stats.overall_state(settings_of(current_app).secret_box)
     return {"state": state, "reasons": reasons}
 
 

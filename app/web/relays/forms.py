@@ -135,6 +135,11 @@ class RelayForm(FlaskForm):
         default=1,
         validators=[InputRequired(), NumberRange(min=1, message="At least 1.")],
     )
+    unknown_retries = IntegerField(
+        "Resends after a lost reply",
+        default=3,
+        validators=[InputRequired(), NumberRange(min=0, max=100, message="0 to 100.")],
+    )
     submit = SubmitField("Save relay")
 
     # Set by the view on edit: a blank password then keeps the stored one.
@@ -173,6 +178,7 @@ class RelayForm(FlaskForm):
             "breaker_threshold": self.breaker_threshold.data,
             "breaker_open_seconds": self.breaker_open_seconds.data,
             "breaker_success_threshold": self.breaker_success_threshold.data,
+            "unknown_retries": self.unknown_retries.data,
         }
 
     def add_service_error(self, error: RelayError) -> None:

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app.services import api_keys
 from app.web.render import flash_trigger, fragment, htmx, page_or_fragment
-from app.web.settings.forms import ApiKeyForm
+from app.web.settings.forms import ApiKeyForm, ScopeForm
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -29,7 +29,7 @@ def create_key() -> Response | WerkzeugResponse:
     new_key = None
     if form.validate_on_submit():
         try:
-            row, new_key = api_keys.create(form.name.data or "")
+            row, new_key = api_keys.create(form.name.data or "", form.scope.data or api_keys.SEND)
         except api_keys.ApiKeyError as exc:
             if api_keys.created_recently(form.name.data or ""):
                 # Most likely this very form sent again by a reload: say so, not "error".
@@ -70,6 +70,28 @@ def revoke_key(name: str) -> Response:
         text, category = _sentence(str(exc)), "error"
     else:
         text, category = f"API key {row.name!r} revoked: it no longer authenticates.", "success"
+    if htmx:
+        return flash_trigger(
+            fragment("settings/_keys.html", keys=api_keys.listing()), text, category
+        )
+    flash(text, category)
+    return redirect(url_for("settings.index"))  # type: ignore[return-value]
+
+
+@bp.post("/api-keys/<name>/scope")
+def change_scope(name: str) -> Response:
+    """Change what a key may read: its own messages, or every one."""
+    form = ScopeForm()
+    if not form.validate_on_submit():
+        text, category = "Scope not changed: choose send or read-all.", "error"
+    else:
+        try:
+            row = api_keys.set_scope(name, form.scope.data or "")
+        except api_keys.ApiKeyError as exc:
+            text, category = _sentence(str(exc)), "error"
+        else:
+            reads = "every message" if row.scope == api_keys.READ_ALL else "only its own messages"
+            text, category = f"API key {row.name!r} now reads {reads}.", "success"
     if htmx:
         return flash_trigger(
             fragment("settings/_keys.html", keys=api_keys.listing()), text, category
