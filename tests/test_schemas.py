@@ -141,7 +141,6 @@ def test_crlf_injection_refused(payload, path, brk):
     [
         ({"subject": "a\x00b"}, "subject", "contains a NUL character"),
         ({"headers": {"X-A": "a\x00b"}}, "headers.X-A", "contains a NUL character"),
-        ({"subject": "a\x0bb"}, "subject", "control character (U+000B)"),
         ({"subject": "a\u2028b"}, "subject", "control character (U+2028)"),
         ({"tags": ["a\nb"]}, "tags.0", "must be 1-64 characters"),
     ],
@@ -173,39 +172,15 @@ def test_property_line_break_anywhere_is_refused(field, before, brk, after):
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "message"),
     [
-        "From",
-        "to",
-        "CC",
-        "Bcc",
-        "Subject",
-        "Message-ID",
-        "message-id",
-        "Date",
-        "MIME-Version",
-        "Content-Type",
-        "Content-Transfer-Encoding",
-        "Reply-To",
-        "Received",
+        ("Bcc", "cannot be set as a custom header; use the 'bcc' field"),
+        ("Bad Name", "is not a valid header name"),
     ],
 )
-def test_structural_headers_refused(name):
-    found = bad(headers={name: "x"})
-    assert "cannot be set as a custom header" in found[f"headers.{name}"]
-
-
-@pytest.mark.parametrize(
-    ("name", "hint"),
-    [("reply-to", "use the 'reply_to' field"), ("Date", "set by the gateway")],
-)
-def test_structural_header_hint(name, hint):
-    assert hint in bad(headers={name: "x"})[f"headers.{name}"]
-
-
-@pytest.mark.parametrize("name", ["Bad Name", "X:Y", "", "Ünicode", "X-" + "a" * 80, "Tab\tX"])
-def test_invalid_header_names_refused(name):
-    assert "not a valid header name" in bad(headers={name: "x"})[f"headers.{name}"]
+def test_a_custom_header_refused_by_the_rules_is_reported_at_its_name(name, message):
+    """The rules themselves are tested in test_headers.py; here, only where they land."""
+    assert message in bad(headers={name: "x"})[f"headers.{name}"]
 
 
 def test_valid_custom_headers_kept():
@@ -263,19 +238,9 @@ def test_attachment_content_type(filename, content_type, expected):
     assert ok(attachments=[att]).attachments[0].content_type == expected
 
 
-@pytest.mark.parametrize(
-    ("content_type", "message"),
-    [
-        ("png", "like 'image/png'"),
-        ("text/plain; charset=utf-8", "like 'image/png'"),
-        ("image/ png", "like 'image/png'"),
-        ("multipart/mixed", "cannot be used for an attachment"),
-        ("message/rfc822", "cannot be used for an attachment"),
-    ],
-)
-def test_attachment_bad_content_type(content_type, message):
-    found = bad(attachments=[{"filename": "a", "content": B64, "content_type": content_type}])
-    assert message in found["attachments.0.content_type"]
+def test_a_content_type_refused_by_the_rules_is_reported_at_its_field():
+    found = bad(attachments=[{"filename": "a", "content": B64, "content_type": "multipart/x"}])
+    assert "cannot be used for an attachment" in found["attachments.0.content_type"]
 
 
 @pytest.mark.parametrize(

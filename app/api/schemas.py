@@ -30,7 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.domain.mime import STRUCTURAL_HEADERS, AttachmentSpec, Mailbox, MessageSpec
+from app.domain import headers
+from app.domain.mime import AttachmentSpec, Mailbox, MessageSpec
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -45,13 +46,6 @@ MAX_RECIPIENTS = 1000
 MAX_TAGS = 20
 
 _TAG = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
-_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 ftext: printable ASCII, no ':' or space
-_MIME_TYPE = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z"
-)
-_CID = re.compile(r"[!-;=?-~]+\Z")  # printable ASCII without space, '<' or '>'
-# C0 controls except TAB, DEL, and the Unicode characters str.splitlines() treats as breaks
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _WS = re.compile(r"\s+")
 
 # field names whose presence conflicts with ``raw``
@@ -67,31 +61,6 @@ _RAW_CONFLICTS = (
     "received",
 )
 
-_CANONICAL_HEADER = {
-    "from": "From",
-    "to": "To",
-    "cc": "Cc",
-    "bcc": "Bcc",
-    "subject": "Subject",
-    "message-id": "Message-ID",
-    "date": "Date",
-    "mime-version": "MIME-Version",
-    "content-type": "Content-Type",
-    "content-transfer-encoding": "Content-Transfer-Encoding",
-    "reply-to": "Reply-To",
-    "received": "Received",
-}
-_PROPER_FIELD = {
-    "from": "from",
-    "to": "to",
-    "cc": "cc",
-    "bcc": "bcc",
-    "subject": "subject",
-    "reply-to": "reply_to",
-    "received": "received",
-}
-
-
 def _error(message: str, sub: str | None = None) -> PydanticCustomError:
     """A validation error; ``sub`` is appended to the error location by errors_to_fields."""
     return PydanticCustomError("relayboard", message, {"sub": sub} if sub is not None else None)
@@ -99,14 +68,9 @@ def _error(message: str, sub: str | None = None) -> PydanticCustomError:
 
 def _header_safe(value: str, sub: str | None = None) -> str:
     """Refuse text that would break out of a header line (CRLF injection)."""
-    m = _CTL.search(value)
-    if m:
-        if "\r" in value or "\n" in value:
-            raise _error("contains a line break (CR/LF header injection)", sub)
-        ch = m.group()
-        if ch == "\x00":
-            raise _error("contains a NUL character", sub)
-        raise _error(f"contains a control character (U+{ord(ch):04X})", sub)
+    problem = headers.text_problem(value)
+    if problem:
+        raise _error(problem, sub)
     return value
 
 
@@ -223,10 +187,9 @@ class Attachment(BaseModel):
                 return "application/octet-stream"
             return guessed
         v = v.strip().lower()
-        if not _MIME_TYPE.match(v):
-            raise _error("must be a MIME type like 'image/png' (type/subtype, no parameters)")
-        if v.startswith(("multipart/", "message/")):
-            raise _error(f"'{v}' cannot be used for an attachment; use application/octet-stream")
+        problem = headers.content_type_problem(v)
+        if problem:
+            raise _error(problem)
         return v
 
     @field_validator("cid")
@@ -236,15 +199,10 @@ class Attachment(BaseModel):
             if info.data.get("disposition") == "inline":
                 raise _error("required when disposition is 'inline'")
             return None
-        _header_safe(v)
-        v = v.strip()
-        if v.startswith("<") and v.endswith(">"):
-            v = v[1:-1]
-        if not _CID.match(v) or len(v) > 250:
-            raise _error(
-                "must be 1-250 printable ASCII characters without spaces or '<>' "
-                "(referenced as cid:... in the html)"
-            )
+        v = headers.content_id(_header_safe(v))
+        problem = headers.content_id_problem(v)
+        if problem:
+            raise _error(problem)
         return v
 
     def to_spec(self) -> AttachmentSpec:
@@ -327,21 +285,9 @@ class SendRequest(BaseModel):
     @classmethod
     def _valid_headers(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not _FIELD_NAME.match(name) or len(name) > 76:
-                raise _error(
-                    "is not a valid header name (printable ASCII without ':' or spaces, "
-                    "at most 76 characters)",
-                    name,
-                )
-            key = name.lower()
-            if key in STRUCTURAL_HEADERS:
-                canonical = _CANONICAL_HEADER.get(key, name)
-                proper = _PROPER_FIELD.get(key)
-                hint = f"use the '{proper}' field" if proper else "it is set by the gateway"
-                raise _error(f"{canonical} cannot be set as a custom header; {hint}", name)
-            _header_safe(value, name)
-            if len(value) > 4000:
-                raise _error("is too long (at most 4000 characters)", name)
+            problem = headers.name_problem(name) or headers.value_problem(value)
+            if problem:
+                raise _error(problem, name)
         return v
 
     # ---- cross-field rules

@@ -31,6 +31,8 @@ from email.parser import BytesParser
 from typing import AnyStr
 from urllib.parse import quote as _urlquote
 
+from app.domain import headers as rules
+
 __all__ = [
     "AttachmentSpec",
     "BuiltMessage",
@@ -99,35 +101,15 @@ class InvalidMessage(ValueError):
 # --------------------------------------------------------------------------- constants
 
 #: Header fields the gateway writes itself; they may not be supplied via ``headers``.
-STRUCTURAL_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "message-id",
-        "date",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "reply-to",
-        "received",
-    }
-)
+STRUCTURAL_HEADERS = rules.STRUCTURAL
 
 _CRLF = b"\r\n"
 _MAX_LINE = 998  # RFC 5322 §2.1.1 hard limit (excluding CRLF)
 _SOFT_LINE = 78  # RFC 5322 §2.1.1 recommended limit
 _EW_BYTES = 39  # UTF-8 bytes per RFC 2047 B-word: 52 base64 chars, no padding
 
-_FIELD_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 ftext
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters except TAB
 _FOLD_SPLIT = re.compile(r"(?<=\S)(?=[ \t])")
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
-_MIME_TYPE = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z"
-)
 _ADDR = re.compile(r'[^\s<>@,;:"\\]+@[^\s<>@,;:"\\]+\Z')
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z|\[[!-Z^-~]+\]\Z")
 _MSGID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>\Z")  # printable ASCII, no < > @ or space
@@ -190,14 +172,9 @@ def _rfc5322_date() -> str:
 
 def _check_text(what: str, value: str) -> str:
     """Refuse header text that could break the header structure."""
-    m = _CTL.search(value)
-    if m:
-        if "\r" in value or "\n" in value:
-            raise InvalidMessage(f"{what} contains a line break (CR/LF header injection)")
-        ch = m.group()
-        if ch == "\x00":
-            raise InvalidMessage(f"{what} contains a NUL character")
-        raise InvalidMessage(f"{what} contains a control character {ch!r}")
+    problem = rules.text_problem(value)
+    if problem:
+        raise InvalidMessage(f"{what} {problem}")
     return value
 
 
@@ -300,7 +277,7 @@ def _display(mb: Mailbox) -> tuple[str, str]:
 
 def _rfc2231_params(key: str, value: str) -> list[str]:
     """One MIME parameter as ``key="v"`` or RFC 2231 (possibly continued) segments."""
-    if value.isascii() and not _CTL.search(value) and len(value) <= 60:
+    if value.isascii() and not rules.CONTROL.search(value) and len(value) <= 60:
         return [f'{key}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"']
     enc = _urlquote(value, safe=_RFC2231_SAFE, encoding="utf-8")
     if len(enc) <= 60:
@@ -375,12 +352,9 @@ def _attachment_part(att: AttachmentSpec, index: int) -> _Part:
     what = f"attachment {index}"
     filename = _check_text(f"{what} filename", att.filename.strip())
     ctype = att.content_type.strip().lower()
-    if not _MIME_TYPE.match(ctype):
-        raise InvalidMessage(
-            f"{what}: content type {att.content_type!r} is not like 'type/subtype'"
-        )
-    if ctype.startswith(("multipart/", "message/")):
-        raise InvalidMessage(f"{what}: content type {ctype!r} cannot be sent as an attachment")
+    problem = rules.content_type_problem(ctype)
+    if problem:
+        raise InvalidMessage(f"{what}: content type {problem}")
     if att.disposition not in ("attachment", "inline"):
         raise InvalidMessage(f"{what}: disposition must be 'attachment' or 'inline'")
     headers = []
@@ -396,9 +370,10 @@ def _attachment_part(att: AttachmentSpec, index: int) -> _Part:
         headers.append(f"Content-Disposition: {att.disposition}\r\n".encode("ascii"))
     headers.append(b"Content-Transfer-Encoding: base64\r\n")
     if att.cid:
-        cid = att.cid.strip().removeprefix("<").removesuffix(">")
-        if not cid or not re.fullmatch(r"[!-;=?-~]+", cid):
-            raise InvalidMessage(f"{what}: Content-ID {att.cid!r} is not valid")
+        cid = rules.content_id(_check_text(f"{what} Content-ID", att.cid))
+        problem = rules.content_id_problem(cid)
+        if problem:
+            raise InvalidMessage(f"{what}: Content-ID {problem}")
         headers.append(f"Content-ID: <{cid}>\r\n".encode("ascii"))
     elif att.disposition == "inline":
         raise InvalidMessage(f"{what}: an inline attachment needs a cid")
@@ -473,11 +448,10 @@ def build_message(
     head.append(b"Message-ID: " + message_id.encode("ascii") + _CRLF)
     head.append(b"MIME-Version: 1.0\r\n")
     for name, value in spec.headers.items():
-        if not _FIELD_NAME.match(name):
-            raise InvalidMessage(f"header name {name!r} is not a valid RFC 5322 field name")
-        if name.lower() in STRUCTURAL_HEADERS:
-            raise InvalidMessage(f"header {name} is set by the gateway; use the proper field")
-        head.append(_unstructured(name, _check_text(f"header {name}", value)))
+        problem = rules.name_problem(name) or rules.value_problem(value)
+        if problem:
+            raise InvalidMessage(f"header {name!r} {problem}")
+        head.append(_unstructured(name, value))
 
     # body structure: mixed[ related[ alternative[text, html], inline... ], attachments... ]
     core: _Part | None = None
