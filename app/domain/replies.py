@@ -63,11 +63,11 @@ def enhanced_status(text: str) -> str | None:
 
 def classify_reply(code: int, text: str, *, stage: str = "data") -> Verdict:
     """Classify an SMTP reply code and text given at a transaction stage."""
-    status = enhanced_status(text)
-    klass, subject = (status.split(".")[0], status.split(".")[1]) if status else ("", "")
     summary = f"{code} {text}".strip()
     if 200 <= code < 400:
         return Verdict(Action.DELIVERED, Scope.MESSAGE, summary)
+    status = enhanced_status(text)
+    klass, subject = (status.split(".")[0], status.split(".")[1]) if status else ("", "")
     if code == 535 or status == "5.7.8" or (stage == "auth" and code >= 500):
         return Verdict(Action.AUTH_FAILED, Scope.SERVER, f"authentication failed: {summary}")
     if code == 421 or (klass == "4" and subject in ("3", "4")):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ class AttemptRecord:
 
     def row(self) -> dict[str, Any]:
         """Return the values of its `attempts` row."""
-        return asdict(self)
+        return dict(vars(self))  # shallow: dataclasses.asdict deep-copies every value
 
 
 @dataclass(frozen=True)
@@ -41,4 +41,4 @@ class EventRecord:
 
     def row(self) -> dict[str, Any]:
         """Return the values of its `events` row."""
-        return asdict(self)
+        return dict(vars(self))

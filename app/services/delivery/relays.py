@@ -161,7 +161,7 @@ class RelayState:
         return reroute
 
     def take_change(self, now: datetime) -> RelayChange | None:
-        """Hand over what the pass changed since the last call, for the database thread."""
+        """Hand over what the pass changed since the last call, to be written."""
         if not self.dirty:
             return None
         events = tuple(
