@@ -323,8 +323,17 @@ def secrets_rotate() -> None:
 @cli.command("serve")
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
-def serve(bind: str, workers: int, threads: int) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Threads per worker: requests of one worker that arrive together share one commit.",
+)
+@click.option(
+    "--access-log", is_flag=True, help="Log every HTTP request to standard output (gunicorn's)."
+)
+def serve(bind: str, workers: int, threads: int, access_log: bool) -> None:
     """Run gunicorn with the app; each worker runs the scheduler unless RELAYBOARD_SCHEDULER=0.
 
     SIGTERM or Ctrl-C stops cleanly (RELAYBOARD_STOP_GRACE); a second one at once.
@@ -332,7 +341,13 @@ def serve(bind: str, workers: int, threads: int) -> None:
     from app.server import run_gunicorn
 
     settings = Settings.from_env()
-    run_gunicorn(bind=bind, workers=workers, threads=threads, stop_grace=settings.stop_grace)
+    run_gunicorn(
+        bind=bind,
+        workers=workers,
+        threads=threads,
+        stop_grace=settings.stop_grace,
+        access_log=access_log,
+    )
 
 
 @cli.command("worker")

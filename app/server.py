@@ -87,7 +87,9 @@ class _Gunicorn(BaseApplication):
         _Arbiter(self).run()
 
 
-def run_gunicorn(*, bind: str, workers: int, threads: int, stop_grace: float) -> None:
+def run_gunicorn(
+    *, bind: str, workers: int, threads: int, stop_grace: float, access_log: bool = False
+) -> None:
     """Serve the app with gunicorn until stopped."""
     _Gunicorn(
         {
@@ -98,6 +100,6 @@ def run_gunicorn(*, bind: str, workers: int, threads: int, stop_grace: float) ->
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
             "graceful_timeout": int(stop_grace + STOP_MARGIN_SECONDS + 0.999),
-            "accesslog": "-",
+            "accesslog": "-" if access_log else None,
         }
     ).run()

@@ -2,8 +2,8 @@
 
 Every connection Relayboard opens comes from the engine made here, and what must hold
 for every one of them (SQLite's WAL, its durability setting, foreign keys, the busy
-timeout) is attached to that engine when the app is created: no service names a pragma,
-and no write can go around them.
+timeout, the write lock) is attached to that engine when the app is created: no service
+names a pragma or takes a lock, and no write can go around them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from app import logs
 from app.db import sqlite
+from app.db.writelock import WriteLockedConnection
 
 __all__ = ["Base", "Reachability", "db", "init_app", "is_unreachable", "reachability"]
 
@@ -35,8 +36,15 @@ db = SQLAlchemy(model_class=Base)
 def engine_options(database_url: str) -> dict[str, Any]:
     """Return the engine options for a database URL."""
     if database_url.startswith("sqlite"):
-        # Connections are shared between threads only through the pool, one at a time.
-        return {"connect_args": {"check_same_thread": False, "timeout": sqlite.BUSY_SECONDS}}
+        return {
+            "connect_args": {
+                # Connections are shared between threads only through the pool, one at a time.
+                "check_same_thread": False,
+                "timeout": sqlite.BUSY_SECONDS,
+                # Writers take the write lock (app/db/writelock.py) before SQLite's own.
+                "factory": WriteLockedConnection,
+            }
+        }
     # A connection the server dropped (a restart, a failover) is replaced before use.
     return {"pool_pre_ping": True}
 

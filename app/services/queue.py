@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import logs
 from app.db import db
+from app.db.commit import group_commit
 from app.domain.mime import BuiltMessage
 from app.models import (
     QUEUED,
@@ -27,9 +28,9 @@ from app.services.records import AttemptRecord, EventRecord
 log = logs.get("queue")
 
 
+_MESSAGES = Message.__table__
 _INSERT_ATTEMPT = Attempt.__table__.insert()
 _INSERT_EVENT = Event.__table__.insert()
-_ENQUEUE = Message.__table__.insert().returning(Message.__table__.c.id)
 
 
 class IdempotencyConflict(Exception):
@@ -89,8 +90,7 @@ def enqueue(
         "updated_at": now,
     }
     try:
-        with db.engine.begin() as conn:
-            new_id = int(conn.execute(_ENQUEUE, values).scalar_one())
+        new_id = group_commit(db.engine, _MESSAGES).insert(values)
     except IntegrityError:
         # Two requests raced with one Idempotency-Key: the first one stored wins.
         existing = _find_idempotent(api_key_id, idempotency_key) if idempotency_key else None
@@ -257,7 +257,6 @@ class Outcome:
     events: tuple[EventRecord, ...] = ()
 
 
-_MESSAGES = Message.__table__
 _FINISH = (
     _MESSAGES.update()
     .where(
