@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,7 +23,6 @@ from app.db import db
 from app.models import DEFERRED, QUEUED, Message, utcnow
 from app.services import api_keys, relays
 from app.services.delivery import DeliveryEngine, PassReport
-from app.transport import loop as event_loop
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
 
@@ -177,9 +177,7 @@ def servers_test(name: str) -> None:
     timeouts = Timeouts(
         settings.connect_timeout, settings.command_timeout, settings.attempt_deadline
     )
-    result = event_loop.run(
-        probe(endpoint, timeouts, ca_file=settings.ca_file), settings.event_loop
-    )
+    result = asyncio.run(probe(endpoint, timeouts, ca_file=settings.ca_file))
     for step in result.steps:
         mark = "ok  " if step.ok else "FAIL"
         click.echo(f"{mark} {step.name:<9} {step.ms:>9.1f} ms  {step.detail}")

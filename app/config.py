@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.crypto import SecretBox
-from app.transport.loop import LOOPS
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -145,7 +144,6 @@ class Settings:
     routing: str = "failover"
     api_rate_limit: str = "6000 per minute"
     ratelimit_storage: str = "memory://"
-    event_loop: str = LOOPS[0]
     old_secret_keys: tuple[str, ...] = ()
     stop_grace: float = 30.0
 
@@ -198,7 +196,6 @@ class Settings:
             routing=_env_choice(
                 env, "RELAYBOARD_ROUTING", "failover", ("failover", "load_balance")
             ),
-            event_loop=_env_choice(env, "RELAYBOARD_EVENT_LOOP", LOOPS[0], LOOPS),
             old_secret_keys=_old_secret_keys(env),
             stop_grace=_env_float(env, "RELAYBOARD_STOP_GRACE", 30.0, minimum=0.0),
         )

@@ -29,6 +29,8 @@ import failover
 from _common import OUT_DIR, ROOT, machine, source, wait_for_quiet
 
 DOC = ROOT / "docs" / "benchmarks.md"
+# Measured piece by piece by hand (variant builds, interleaved runs): kept as written.
+PIECES = ROOT / "bench" / "pieces.md"
 BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
     # name: (module, full arguments, --quick arguments, time limit in seconds)
     "drain": (
@@ -210,6 +212,8 @@ def render(results: dict[str, dict[str, Any] | str], busy: float, quick: bool) -
                     "",
                     f"Could not render its result ({exc!r}): re-run it.",
                 ]
+    if PIECES.exists():
+        parts += ["", PIECES.read_text().strip()]
     return "\n".join(parts) + "\n"
 
 

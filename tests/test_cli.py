@@ -349,13 +349,6 @@ def test_a_bad_setting_exits_2_naming_the_variable(run: Run) -> None:
     assert result.stdout == ""
 
 
-def test_an_unknown_event_loop_is_refused_at_start_up(run: Run) -> None:
-    result = run("drain", RELAYBOARD_EVENT_LOOP="trio")
-    assert result.returncode == 2
-    assert "RELAYBOARD_EVENT_LOOP='trio' must be one of: uvloop, asyncio" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_serve_runs_the_api_and_the_scheduler_in_gunicorn(
     env: dict[str, str], run: Run, smtp_server: Any, app: Flask
 ) -> None:

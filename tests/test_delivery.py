@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from datetime import timedelta
 from typing import Any
@@ -69,30 +68,6 @@ def test_it_delivers_through_the_primary_with_the_stored_message_id(
     assert row.status == "sent" and row.sent_at is not None and row.relay_id == relay("primary").id
     assert [a.outcome for a in attempts(row.id)] == ["sent"]
     assert [e.type for e in events(row.id)] == ["sent"]
-
-
-@pytest.mark.parametrize(
-    ("settings_overrides", "loop_module"),
-    [({}, "uvloop"), ({"RELAYBOARD_EVENT_LOOP": "asyncio"}, "asyncio")],
-    ids=["uvloop-by-default", "asyncio-when-asked"],
-)
-def test_the_pass_runs_on_the_event_loop_the_settings_name(
-    smtp_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine, loop_module: str
-) -> None:
-    add_relay("primary", smtp_server)
-    queued = send()
-    seen: list[str] = []
-    open_session = engine.open_session
-
-    async def opener(endpoint: Any, timeouts: Any) -> Any:
-        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
-        return await open_session(endpoint, timeouts)
-
-    engine.open_session = opener
-    assert engine.run_pass().sent == 1
-    assert seen == [loop_module]
-    (got,) = smtp_server.wait_for(1)
-    assert got.message_id == queued["message_id"]
 
 
 def test_it_fails_over_when_primary_refuses(

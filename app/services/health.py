@@ -22,7 +22,6 @@ from app.db import db
 from app.domain import breaker
 from app.models import HealthCheck, JobLease, Relay, utcnow
 from app.services import circuits, relays
-from app.transport import loop as event_loop
 from app.transport.smtp import Endpoint, ProbeResult, StepTiming, Timeouts, probe
 
 log = logs.get("health")
@@ -48,7 +47,7 @@ def probe_relay(
     relay: Relay, settings: Settings, trigger: str = SCHEDULE, by: str | None = None
 ) -> HealthCheck:
     """Probe one relay now, store the check, and feed a success to its circuit."""
-    result = event_loop.run(_probe(relay, settings), settings.event_loop)
+    result = asyncio.run(_probe(relay, settings))
     return _record(relay, result, trigger, by)
 
 
@@ -62,7 +61,7 @@ def run_scheduled_checks(
     targets = [r for r in relays.ordered() if r.enabled and r.provider != "log"]
     if not targets:
         return []
-    results = event_loop.run(_probe_all(targets, settings), settings.event_loop)
+    results = asyncio.run(_probe_all(targets, settings))
     checks = [
         _record(relay, result, SCHEDULE) for relay, result in zip(targets, results, strict=True)
     ]

@@ -301,13 +301,13 @@ def _close_now(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = 
     """Close a client's connection at once, TLS included.
 
     Closing a TLS transport starts a close_notify exchange that runs on after the call;
-    at the end of a pass the event loop closes first (uvloop then reports the transport
+    at the end of a pass the event loop closes first (and reports the transport
     as never closed). After QUIT, or a failure, there is nothing left to say: the
     connection is aborted instead.
     """
     transport = transport or smtp.transport
     smtp.close()
-    abort = getattr(transport, "abort", None)  # uvloop's transports are not asyncio.Transport
+    abort = getattr(transport, "abort", None)
     if abort is not None:
         abort()
 

@@ -45,7 +45,6 @@ from app.services import circuits, queue
 from app.services.delivery.message import MessageDelivery, Rules
 from app.services.delivery.relays import RelayChange, RelayState
 from app.services.relays import RelaySnapshot, snapshot
-from app.transport import loop as event_loop
 from app.transport.pool import RelayPool
 from app.transport.smtp import Endpoint, RelaySession, Timeouts
 
@@ -135,7 +134,7 @@ class DeliveryEngine:
     ) -> PassReport:
         """Deliver what is due now (at most `max_messages`) until none is, or `stop` is set."""
         run = Pass(self, stop or threading.Event(), progress, max_messages)
-        return event_loop.run(run.run(), self.settings.event_loop)
+        return asyncio.run(run.run())
 
 
 @dataclass
