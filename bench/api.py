@@ -4,7 +4,8 @@
   row to SQLite (WAL, synchronous=FULL), a transaction per request, answering 202 with
   the row id; run as such a route usually is: `gunicorn -w 2 -k sync` (no access log).
 - Relayboard: `relayboard serve --bind 127.0.0.1:PORT` with its own defaults (workers,
-  threads, access log to stdout: to a file here), on a temp SQLite database after
+  threads, no access log; its log, a line per accepted message, to a file here), on a
+  temp SQLite database after
   `relayboard db upgrade`, with a key from `relayboard api-keys create --name bench`;
   RELAYBOARD_API_RATE_LIMIT far above the load (checked, never refusing);
   RELAYBOARD_SCHEDULER off unless --scheduler on.
@@ -409,7 +410,8 @@ def render(r: dict[str, Any]) -> str:
             "`synchronous=FULL`), one transaction per request, answering 202 with the row "
             f"id. Relayboard: `{r['relayboard_command']}` with its defaults ({defaults or '?'}; "
             f"{r['relayboard_workers_booted']} {r['relayboard_worker_class'] or '?'} workers "
-            "booted; access log to a file) on a temp SQLite database after `relayboard db "
+            "booted; no access log, its log of one line per accepted message to a file) on a "
+            "temp SQLite database after `relayboard db "
             "upgrade`, with a key from `relayboard api-keys create`, "
             f"`RELAYBOARD_API_RATE_LIMIT='{r['rate_limit']}'` (checked, never refusing), "
             f"scheduler {r['scheduler']}. Load: wrk, {r['wrk_threads']} threads, "

@@ -168,9 +168,7 @@ def scenario(
             db.session.remove()
             db.engine.dispose()
     added = [
-        (m["enter:backup"] - m["start"]) * 1000
-        for m in timed.marks.values()
-        if "enter:backup" in m
+        (m["enter:backup"] - m["start"]) * 1000 for m in timed.marks.values() if "enter:backup" in m
     ]
     result = {
         "messages": count,
@@ -300,7 +298,8 @@ def render(r: dict[str, Any]) -> str:
             f"Median of {r['runs']} runs. Relays: `primary` (priority 10) and `backup` "
             "(priority 20, an aiosmtpd sink on 127.0.0.1 in a separate process). The added delay "
             "of a message is the time from the start of its delivery to the start of its attempt "
-            "on the backup (a subclass of DeliveryEngine notes both; the app is unchanged); the "
+            "on the backup (the benchmark wraps `MessageDelivery.run` and `_attempt` to note "
+            "both; the app is unchanged); the "
             "control run has no primary at all.",
             "",
             f"### (a) Primary refuses connections, {a['messages']} messages, one drain",
