@@ -71,6 +71,14 @@ class Relay(db.Model):  # type: ignore[name-defined]
     # How often a message whose reply was lost after the final dot is sent again through
     # this relay before it fails with "outcome unknown" (the relay may have it already).
     unknown_retries: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    # The ESP's webhook signing secret (provider mailersend), sealed like the password.
+    webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    # Set while the relay is in maintenance: since when, why, and who or what said so
+    # ("webhook", "operator a@b.c", "cli", "reply", "plan 3").
+    maintenance_since: Mapped[datetime | None] = mapped_column(DateTime)
+    maintenance_reason: Mapped[str | None] = mapped_column(Text)
+    maintenance_by: Mapped[str | None] = mapped_column(String(128))
 
     circuit_state: Mapped[str] = mapped_column(String(16), default="closed")
     circuit_failures: Mapped[int] = mapped_column(Integer, default=0)
@@ -118,6 +126,15 @@ class Message(db.Model):  # type: ignore[name-defined]
             postgresql_where=text("next_attempt_at IS NOT NULL"),
         ),
         Index("ix_messages_status_created", "status", "created_at"),
+        # Mail held or deferred for a relay, released when its maintenance ends.
+        Index(
+            "ix_messages_waiting_for",
+            "waiting_for_relay_id",
+            "priority",
+            "created_at",
+            sqlite_where=text("waiting_for_relay_id IS NOT NULL"),
+            postgresql_where=text("waiting_for_relay_id IS NOT NULL"),
+        ),
         # A key's own messages, newest first (GET /api/messages).
         Index("ix_messages_api_key", "api_key_id", "id"),
         Index(
@@ -163,6 +180,10 @@ class Message(db.Model):  # type: ignore[name-defined]
     relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
     # Set for an operator's "send test email": only this relay may carry the message.
     pinned_relay_id: Mapped[int | None] = mapped_column(
+        ForeignKey("relays.id", ondelete="SET NULL")
+    )
+    # The relay a held or deferred message waits for: its end of maintenance releases it.
+    waiting_for_relay_id: Mapped[int | None] = mapped_column(
         ForeignKey("relays.id", ondelete="SET NULL")
     )
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -213,6 +234,43 @@ class Event(db.Model):  # type: ignore[name-defined]
     relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
     detail: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class MaintenanceWindow(db.Model):  # type: ignore[name-defined]
+    """A planned maintenance of a relay: it starts and ends by itself."""
+
+    __tablename__ = "maintenance_windows"
+    __table_args__ = (Index("ix_maintenance_windows_state", "state", "starts_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    relay_id: Mapped[int] = mapped_column(ForeignKey("relays.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(DateTime)
+    ends_at: Mapped[datetime] = mapped_column(DateTime)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="planned")  # active, done, cancelled
+
+    relay: Mapped[Relay] = relationship()
+
+
+class WebhookEvent(db.Model):  # type: ignore[name-defined]
+    """A webhook an ESP sent, stored as received and acted on off the request path."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_pending", "processed_at", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The same event delivered twice has the same key: relay and the event's id, or a
+    # digest of the raw body for events without one.
+    dedup_key: Mapped[str] = mapped_column(String(128), unique=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    type: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    body: Mapped[str] = mapped_column(Text)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    result: Mapped[str | None] = mapped_column(Text)
 
 
 class JobLease(db.Model):  # type: ignore[name-defined]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import random
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -10,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.domain import breaker, routing
+from app.domain import breaker, providers, routing, webhooks
 from app.domain.breaker import BreakerPolicy, Circuit, CircuitState
 from app.domain.judge import Lesson, judge, passed_on
 from app.domain.replies import Action, Scope, Verdict, classify_connection_error, classify_reply
@@ -174,6 +177,8 @@ class View:
     cooldown_until: datetime | None = None
     trial_in_flight: bool = False
     down: str | None = None
+    maintenance: str | None = None
+    maintenance_policy: str = "reroute"
 
 
 RELAYS = [
@@ -300,3 +305,162 @@ def test_a_relay_that_passes_a_message_on_learns_nothing() -> None:
     judgement = passed_on(["a", "b"], "not answering: its first attempt is pending")
     assert judgement.fail_over == ("a", "b") and judgement.lesson == Lesson.NOTHING
     assert judgement.proved is None
+
+
+# -- maintenance in routing -------------------------------------------------------------
+
+
+def test_a_relay_in_maintenance_is_skipped_with_the_reason() -> None:
+    relay = View(1, "ms", priority=10, maintenance="since 10:00 UTC, by webhook")
+    assert routing.skip_reason(relay, T0) == "in maintenance since 10:00 UTC, by webhook"
+
+
+@pytest.mark.parametrize(
+    ("route", "pinned", "first"),
+    [
+        ([View(1, "a", 10), View(2, "b", 20)], False, "a"),
+        ([View(1, "a", 10, enabled=False), View(2, "b", 20)], False, "b"),
+        ([View(1, "a", 10, unusable="no key"), View(2, "b", 20)], False, "b"),
+        ([View(1, "a", 10, enabled=False)], True, "a"),  # pinned: enabled or not
+        ([View(1, "a", 10, circuit=Circuit(CircuitState.OPEN))], False, "a"),  # circuits aside
+        ([View(1, "a", 10, unusable="no key")], False, None),
+    ],
+)
+def test_first_choice(route: list[View], pinned: bool, first: str | None) -> None:
+    chosen = routing.first_choice(route, pinned=pinned)
+    assert (chosen.name if chosen else None) == first
+
+
+@pytest.mark.parametrize(
+    ("maintenance", "policy", "holds"),
+    [(None, "hold", False), ("since 10:00", "hold", True), ("since 10:00", "reroute", False)],
+)
+def test_holds(maintenance: str | None, policy: str, holds: bool) -> None:
+    relay = View(1, "a", 10, maintenance=maintenance, maintenance_policy=policy)
+    assert routing.holds(relay) is holds
+    assert routing.holds(None) is False
+
+
+# -- providers --------------------------------------------------------------------------
+
+MAINTENANCE_TEXT = "Service isn't available, try again later"
+
+
+@pytest.mark.parametrize(
+    ("provider", "code", "text", "carried", "meaning"),
+    [
+        ("mailersend", 421, MAINTENANCE_TEXT, 0, providers.ReplyMeaning.MAINTENANCE),
+        ("mailersend", 421, MAINTENANCE_TEXT, 7, providers.ReplyMeaning.MAINTENANCE),
+        (
+            "mailersend",
+            421,
+            "4.7.0 Too many messages on this connection",
+            5,
+            providers.ReplyMeaning.RECYCLE,
+        ),
+        ("mailersend", 421, "4.7.0 Too many messages on this connection", 2, None),
+        ("mailersend", 451, MAINTENANCE_TEXT, 0, None),
+        ("generic", 421, MAINTENANCE_TEXT, 0, None),  # no knowledge: DESIGN's table applies
+        ("sendgrid", 421, MAINTENANCE_TEXT, 9, None),
+    ],
+)
+def test_what_a_provider_means_by_a_reply(
+    provider: str, code: int, text: str, carried: int, meaning: providers.ReplyMeaning | None
+) -> None:
+    assert providers.reply_meaning(provider, code, text, carried) == meaning
+
+
+def test_signatures_are_hex_hmac_sha256_of_the_raw_body() -> None:
+    body = b'{"type":"maintenance.start"}'
+    good = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert providers.signature("s3cret", body) == good
+    assert providers.signed_by("s3cret", body, good)
+    assert providers.signed_by("s3cret", body, good.upper() + "\n")
+    assert not providers.signed_by("s3cret", body + b" ", good)
+    assert not providers.signed_by("other", body, good)
+    assert not providers.signed_by("s3cret", body, "")
+    assert not providers.signed_by("s3cret", body, "é" * 64)
+
+
+# -- webhook bodies ---------------------------------------------------------------------
+
+
+def test_a_current_maintenance_event_is_keyed_by_its_body() -> None:
+    body = (
+        b'{"type": "maintenance.start", "created_at": "2025-08-05 22:27:14", '
+        b'"data": {"domain_id": "d1"}}'
+    )
+    event = webhooks.parse(body)
+    assert (event.type, event.event_id, event.domain_id) == ("maintenance.start", None, "d1")
+    assert event.identity == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_a_current_activity_event_is_keyed_by_its_id() -> None:
+    body = json.dumps(
+        {
+            "type": "activity.delivered",
+            "created_at": "2025-08-05 22:27:14",
+            "data": {
+                "id": "ev1",
+                "message_id": "m1",
+                "email_id": "e1",
+                "type": "delivered",
+                "email": "alice@example.org",
+                "tags": [],
+            },
+        }
+    ).encode()
+    event = webhooks.parse(body)
+    assert (event.identity, event.email, event.email_id, event.message_id) == (
+        "id:ev1",
+        "alice@example.org",
+        "e1",
+        "m1",
+    )
+
+
+def test_a_legacy_activity_event() -> None:
+    body = json.dumps(
+        {
+            "type": "activity.hard_bounced",
+            "domain_id": "d1",
+            "created_at": "2025-08-05 22:27:14",
+            "webhook_id": "w1",
+            "url": "https://relay.example.com/hooks/mailersend",
+            "data": {
+                "object": "activity",
+                "id": "ev2",
+                "type": "hard_bounced",
+                "email": {
+                    "id": "e2",
+                    "message": {"id": "m2"},
+                    "recipient": {"email": "bob@example.org"},
+                    "status": "rejected",
+                },
+            },
+        }
+    ).encode()
+    event = webhooks.parse(body)
+    assert (event.identity, event.domain_id, event.email, event.email_id, event.message_id) == (
+        "id:ev2",
+        "d1",
+        "bob@example.org",
+        "e2",
+        "m2",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"data": {}}', "no `type`"),
+        (b'{"type": 5}', "no `type`"),
+        (b"\xff\xfe", "not JSON"),
+        (b'{"type": "x", "pad": "' + b"a" * 300_000 + b'"}', "larger than"),
+    ],
+)
+def test_unreadable_bodies_say_why(body: bytes, why: str) -> None:
+    with pytest.raises(webhooks.WebhookError, match=why):
+        webhooks.parse(body)

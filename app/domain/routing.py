@@ -44,6 +44,13 @@ class Routable(Protocol):
     def trial_in_flight(self) -> bool: ...  # a half-open circuit's one trial is running
     @property
     def down(self) -> str | None: ...  # why it is down for the rest of this pass
+    @property
+    def maintenance(self) -> str | None: ...  # why it is in maintenance, while it is
+    @property
+    def maintenance_policy(self) -> str: ...  # hold | reroute
+
+
+HOLD, REROUTE = "hold", "reroute"
 
 
 R = TypeVar("R", bound=Routable)
@@ -86,6 +93,8 @@ def skip_reason(relay: Routable, now: datetime, *, pinned: bool = False) -> str 
     """Say why a message must not try this relay now, or None when it may."""
     if relay.unusable:
         return f"unusable: {relay.unusable}"
+    if relay.maintenance:
+        return f"in maintenance {relay.maintenance}"
     if relay.down:
         return f"down for this pass: {relay.down}"
     if not relay.enabled and not pinned:
@@ -98,6 +107,21 @@ def skip_reason(relay: Routable, now: datetime, *, pinned: bool = False) -> str 
     if relay.trial_in_flight and relay.circuit.state != CircuitState.CLOSED:
         return "circuit half-open: a trial is in flight"
     return None
+
+
+def first_choice(route_: Sequence[R], *, pinned: bool = False) -> R | None:
+    """Return the relay a message would go to first, maintenance aside: the first one in
+    its route that is enabled (or pinned) and usable."""
+    for relay in route_:
+        if (relay.enabled or pinned) and not relay.unusable:
+            return relay
+    return None
+
+
+def holds(relay: Routable | None) -> bool:
+    """Say whether mail whose first choice is this relay waits for it: it is in maintenance
+    with the `hold` policy."""
+    return relay is not None and bool(relay.maintenance) and relay.maintenance_policy == HOLD
 
 
 def last_resort(route_: Sequence[Routable], index: int, now: datetime) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import logs
@@ -16,11 +16,13 @@ from app.db import db
 from app.db.commit import group_commit
 from app.domain.mime import BuiltMessage
 from app.models import (
+    HELD,
     QUEUED,
     SENDING,
     Attempt,
     Event,
     Message,
+    Relay,
     utcnow,
 )
 from app.services.records import AttemptRecord, EventRecord
@@ -253,6 +255,8 @@ class Outcome:
     relay_id: int | None = None
     sent_at: datetime | None = None
     unknown_outcomes: int = 0
+    waiting_for_relay_id: int | None = None  # held or deferred for this relay
+    attempted: bool = True  # False: the claim's count of an attempt is taken back
     attempts: tuple[AttemptRecord, ...] = ()
     events: tuple[EventRecord, ...] = ()
 
@@ -272,6 +276,8 @@ _FINISH = (
         relay_id=bindparam("b_relay"),
         sent_at=bindparam("b_sent"),
         unknown_outcomes=bindparam("b_unknown"),
+        waiting_for_relay_id=bindparam("b_waiting_for"),
+        attempt_count=_MESSAGES.c.attempt_count - bindparam("b_unattempted"),
         updated_at=bindparam("b_now"),
         lease_owner=None,
         lease_expires_at=None,
@@ -305,18 +311,39 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
             "b_relay": o.relay_id,
             "b_sent": o.sent_at,
             "b_unknown": o.unknown_outcomes,
+            "b_waiting_for": o.waiting_for_relay_id,
+            "b_unattempted": 0 if o.attempted else 1,
             "b_now": now,
         }
         for o in outcomes
     ]
     result = conn.execute(_FINISH, params)
     updated = result.rowcount
+    held = [o.message for o in outcomes if o.status == HELD]
+    if held:
+        _unhold_if_over(conn, held, now)
     if updated != len(outcomes):
         log.warning(
             "lease lost before finish",
             extra={"expected": len(outcomes), "updated": updated, "owner": owner},
         )
     return updated
+
+
+def _unhold_if_over(conn: Connection, ids: list[int], now: datetime) -> None:
+    """Queue again the messages just held for a relay whose maintenance ended meanwhile
+    (its end released what was held before; these came after)."""
+    over = select(Relay.id).where(Relay.maintenance_since.is_(None))
+    conn.execute(
+        update(Message)
+        .where(
+            Message.id.in_(ids),
+            Message.status == HELD,
+            or_(Message.waiting_for_relay_id.is_(None), Message.waiting_for_relay_id.in_(over)),
+        )
+        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def release(conn: Connection, owner: str, ids: list[int], why: str) -> int:

@@ -58,6 +58,8 @@ class RelaySnapshot:
     cooldown_until: datetime | None
     unknown_retries: int = 3
     unusable: str | None = None  # why no message can go through it, e.g. an unreadable secret
+    maintenance: str | None = None  # why it is in maintenance, while it is
+    maintenance_policy: str = "reroute"  # hold | reroute: its first-choice mail meanwhile
 
 
 def ordered() -> list[Relay]:
@@ -210,7 +212,17 @@ def snapshot(relay: Relay, box: SecretBox) -> RelaySnapshot:
         cooldown_until=relay.cooldown_until,
         unknown_retries=relay.unknown_retries,
         unusable=why_not,
+        maintenance=maintenance_reason(relay),
+        maintenance_policy=relay.maintenance_policy,
     )
+
+
+def maintenance_reason(relay: Relay) -> str | None:
+    """Say since when and why a relay is in maintenance, or None when it is not."""
+    if relay.maintenance_since is None:
+        return None
+    why = f"since {relay.maintenance_since:%Y-%m-%d %H:%M} UTC, by {relay.maintenance_by or '?'}"
+    return why + (f": {relay.maintenance_reason}" if relay.maintenance_reason else "")
 
 
 def _without_password(relay: Relay) -> Relay:

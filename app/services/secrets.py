@@ -16,7 +16,10 @@ from app.db import db
 from app.models import Relay
 
 # (model, the column holding a sealed secret, the column that names the row)
-SECRET_COLUMNS: tuple[tuple[Any, str, str], ...] = ((Relay, "password_encrypted", "name"),)
+SECRET_COLUMNS: tuple[tuple[Any, str, str], ...] = (
+    (Relay, "password_encrypted", "name"),
+    (Relay, "webhook_secret_encrypted", "name"),
+)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.domain.breaker import CircuitState
 from app.domain.judge import Judgement, judge, passed_on
 from app.domain.replies import Verdict, classify_connection_error, classify_reply, enhanced_status
 from app.domain.retry import RetryPolicy
-from app.models import DEFERRED, FAILED, LOGGED, QUEUED, SENT, utcnow
+from app.models import DEFERRED, FAILED, HELD, LOGGED, QUEUED, SENT, utcnow
 from app.services.delivery.relays import RelayState
 from app.services.queue import Claimed, Outcome
 from app.services.records import AttemptRecord, EventRecord
@@ -75,6 +75,7 @@ class MessageDelivery:
     requeue: set[str] = field(default_factory=set)  # recipients a stop sent back unattempted
     unknown: int = 0  # unknown outcomes of this message, earlier passes' included
     sent_via: RelayState | None = None
+    waiting_for: RelayState | None = None  # the relay a deferred message waits for
     in_flight: _InFlight | None = None
 
     def __post_init__(self) -> None:
@@ -83,8 +84,16 @@ class MessageDelivery:
     # -- the walk ---------------------------------------------------------------------
 
     async def run(self) -> Outcome:
-        """Try the recipients through the relays in order, failing over within the pass."""
+        """Try the recipients through the relays in order, failing over within the pass.
+
+        Mail whose first choice is a relay in maintenance waits for it (`held`) when the
+        relay's policy is `hold`, or when no other relay can take it; otherwise the
+        maintenance relay is skipped like any other that cannot take mail now.
+        """
         pinned = self.message.pinned_relay_id is not None
+        first = routing.first_choice(self.route, pinned=pinned)
+        if first is not None and (routing.holds(first) or (pinned and first.maintenance)):
+            return self._held(first)
         to_try = list(self.message.recipients)
         skipped: list[str] = []
         previous: RelayState | None = None
@@ -107,9 +116,28 @@ class MessageDelivery:
             to_try = list(judgement.fail_over)
             reason, previous = judgement.reason, relay
         if to_try:  # no relay left to try: wait, saying why
+            if previous is None and first is not None and first.maintenance:
+                return self._held(first)  # rerouting found no other relay: wait for it
             why = reason or f"no relay available ({'; '.join(skipped) or 'none is configured'})"
             self.retry.update(dict.fromkeys(to_try, why))
+            # Remembered so that the end of that relay's maintenance brings it forward.
+            self.waiting_for = first if first is not None and first.maintenance else previous
         return self._conclude()
+
+    def _held(self, relay: RelayState) -> Outcome:
+        """Hold the recipients still owed until the relay's maintenance ends."""
+        now = utcnow()
+        why = f"held for {relay.name}, in maintenance {relay.maintenance}"
+        events = [self._event(now, "held", why, {"relay": relay.name}, relay=relay)]
+        # Nothing was attempted: the claim's count of an attempt is taken back.
+        return self._outcome(
+            HELD,
+            events,
+            pending=list(self.message.recipients),
+            last_error=why,
+            waiting_for=relay,
+            attempted=False,
+        )
 
     async def _attempt(self, relay: RelayState, recipients: list[str], wait_out: bool) -> Judgement:
         """Send through one relay; judge, record and learn from what it answered."""
@@ -328,7 +356,12 @@ class MessageDelivery:
         data = {"retry_at": retry_at.isoformat(), "reason": reason}
         events.append(self._event(now, "deferred", detail, data))
         return self._outcome(
-            DEFERRED, events, next_attempt_at=retry_at, last_error=reason, pending=pending
+            DEFERRED,
+            events,
+            next_attempt_at=retry_at,
+            last_error=reason,
+            pending=pending,
+            waiting_for=self.waiting_for,
         )
 
     def _logged(self, relay: RelayState, recipients: list[str]) -> Outcome:
@@ -360,6 +393,8 @@ class MessageDelivery:
         last_error: str | None = None,
         relay_id: int | None = None,
         sent_at: datetime | None = None,
+        waiting_for: RelayState | None = None,
+        attempted: bool = True,
     ) -> Outcome:
         """Return the outcome, the failover events (which say how it ended) first."""
         failovers = [
@@ -381,6 +416,8 @@ class MessageDelivery:
             relay_id=relay_id,
             sent_at=sent_at,
             unknown_outcomes=self.unknown,
+            waiting_for_relay_id=waiting_for.id if waiting_for else None,
+            attempted=attempted,
             attempts=tuple(self.attempts),
             events=(*failovers, *events),
         )

@@ -79,6 +79,14 @@ class RelayState:
         return self.pool.down
 
     @property
+    def maintenance(self) -> str | None:
+        return self.snap.maintenance
+
+    @property
+    def maintenance_policy(self) -> str:
+        return self.snap.maintenance_policy
+
+    @property
     def test_mode(self) -> bool:
         """Say whether this relay only logs mail (the operator's test mode)."""
         return self.snap.provider == "log"
@@ -151,6 +159,8 @@ class RelayState:
             self.weight,
             self.unusable,
         )
+        if fresh.maintenance and not self.maintenance:
+            self.pool.refuse_waiters(f"in maintenance {fresh.maintenance}")
         self.snap = replace(fresh, circuit_changed_at=fresh.circuit_changed_at if newer else known)
         if newer:
             self.circuit = fresh.circuit
