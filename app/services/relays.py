@@ -7,12 +7,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
+from sqlalchemy import update as sql_update
 
 from app.crypto import SecretBox, SecretUnreadable
 from app.db import db
 from app.domain import breaker
 from app.domain.breaker import BreakerPolicy, Circuit, CircuitState, Transition
-from app.models import Attempt, HealthCheck, Relay, utcnow
+from app.models import HELD, QUEUED, Attempt, HealthCheck, Message, Relay, utcnow
 from app.services import circuits
 from app.services.records import EventRecord
 from app.transport.smtp import SECURITY_MODES, Endpoint
@@ -106,6 +107,12 @@ def validate(values: dict[str, Any]) -> None:
         value = values.get(key)
         if value and any(c in value for c in "\r\n\0"):
             raise RelayError(f"{key} must not contain line breaks", key)
+    secret = values.get("webhook_secret")
+    if secret and (not 8 <= len(secret) <= 256 or any(c.isspace() or c == "\0" for c in secret)):
+        raise RelayError(
+            "webhook secret must be 8 to 256 characters without spaces or line breaks",
+            "webhook_secret",
+        )
 
 
 def create(box: SecretBox, **values: Any) -> Relay:
@@ -114,12 +121,15 @@ def create(box: SecretBox, **values: Any) -> Relay:
     if db.session.scalar(select(Relay.id).where(Relay.name == values["name"])):
         raise RelayError(f"a relay named {values['name']!r} already exists", "name")
     password = values.pop("password", None)
+    webhook_secret = values.pop("webhook_secret", None)
     if values.get("priority") is None:
         last = db.session.scalar(select(Relay.priority).order_by(Relay.priority.desc()))
         values["priority"] = (last or 0) + 10
     relay = Relay(**{k: v for k, v in values.items() if v is not None})
     if password:
         relay.password_encrypted = box.encrypt(password)
+    if webhook_secret:
+        relay.webhook_secret_encrypted = box.encrypt(webhook_secret)
     db.session.add(relay)
     db.session.commit()
     return relay
@@ -133,7 +143,8 @@ def get_by_id(relay_id: int) -> Relay | None:
 def update(relay: Relay, box: SecretBox | None = None, **values: Any) -> Relay:
     """Change a relay; a blank password keeps the stored one, a blank username drops both.
 
-    A new password is sealed in `box`, which only a change of password needs.
+    A new password or webhook secret is sealed in `box`, which only such a change needs;
+    a blank webhook secret keeps the stored one.
     """
     validate(values)
     name = values.get("name")
@@ -142,20 +153,29 @@ def update(relay: Relay, box: SecretBox | None = None, **values: Any) -> Relay:
         if db.session.scalar(taken):
             raise RelayError(f"a relay named {name!r} already exists", "name")
     password = values.pop("password", None)
+    webhook_secret = values.pop("webhook_secret", None)
+    if (password or webhook_secret) and box is None:
+        raise ValueError("a new secret needs the secret box to be sealed in")
     for key, value in values.items():
         setattr(relay, key, value)
     if "username" in values and not values["username"]:
         relay.password_encrypted = None  # no username, no login: keep no orphaned secret
-    elif password:
-        if box is None:
-            raise ValueError("a new password needs the secret box to be sealed in")
+    elif password and box is not None:
         relay.password_encrypted = box.encrypt(password)
+    if webhook_secret and box is not None:
+        relay.webhook_secret_encrypted = box.encrypt(webhook_secret)
     db.session.commit()
     return relay
 
 
 def remove(relay: Relay) -> None:
-    """Delete a relay (messages and attempts keep its name)."""
+    """Delete a relay (messages and attempts keep its name); mail held for it is queued."""
+    db.session.execute(
+        sql_update(Message)
+        .where(Message.waiting_for_relay_id == relay.id, Message.status == HELD)
+        .values(status=QUEUED, next_attempt_at=utcnow(), waiting_for_relay_id=None)
+        .execution_options(synchronize_session=False)
+    )
     db.session.delete(relay)
     db.session.commit()
 
