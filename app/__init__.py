@@ -105,6 +105,7 @@ def database_unavailable(exc: Exception) -> tuple[Response, int]:
 def _register_blueprints(app: Flask) -> None:
     """Register every area of the app, each by name."""
     from app.api.routes import bp as api
+    from app.hooks import bp as hooks
     from app.web import init_app as init_web
     from app.web.auth.routes import bp as auth
     from app.web.events.routes import bp as events
@@ -115,6 +116,7 @@ def _register_blueprints(app: Flask) -> None:
     from app.web.settings.routes import bp as settings
 
     csrf.exempt(api)  # API keys, not sessions: no cross-site request can carry one
-    for blueprint in (api, health, auth, overview, relays, messages, events, settings):
+    csrf.exempt(hooks)  # signed by the ESP: a forged request has no valid signature
+    for blueprint in (api, hooks, health, auth, overview, relays, messages, events, settings):
         app.register_blueprint(blueprint)
     init_web(app)

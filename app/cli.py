@@ -1,4 +1,5 @@
-"""The `relayboard` command: Flask's CLI group plus servers, api-keys, serve, worker, drain."""
+"""The `relayboard` command: Flask's CLI group plus servers, maintenance, api-keys, serve,
+worker, drain."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -20,8 +22,8 @@ from app import create_app
 from app.config import Settings, SettingsError, settings_of
 from app.crypto import SecretUnreadable
 from app.db import db
-from app.models import DEFERRED, QUEUED, Message, utcnow
-from app.services import api_keys, relays
+from app.models import DEFERRED, QUEUED, MaintenanceWindow, Message, Relay, utcnow
+from app.services import api_keys, maintenance, relays
 from app.services.delivery import DeliveryEngine, PassReport
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
@@ -70,18 +72,167 @@ def servers() -> None:
     help="Times a message whose reply was lost after the final dot is sent again.",
 )
 @click.option("--no-tls-verify", is_flag=True, help="Do not verify the relay's certificate.")
+@click.option(
+    "--maintenance-policy",
+    type=click.Choice(relays.MAINTENANCE_POLICIES),
+    help="While it is in maintenance, its first-choice mail waits (hold) or takes the next "
+    "usable relay (reroute). Default: reroute.",
+)
+@click.option(
+    "--webhook-secret",
+    help="The ESP's webhook signing secret; stored encrypted. Prefer --webhook-secret-stdin.",
+)
+@click.option(
+    "--webhook-secret-stdin", is_flag=True, help="Read the webhook secret from standard input."
+)
 @click.option("--disabled", is_flag=True)
 @with_appcontext
-def servers_add(password_stdin: bool, disabled: bool, no_tls_verify: bool, **values: Any) -> None:
+def servers_add(
+    password_stdin: bool,
+    webhook_secret_stdin: bool,
+    disabled: bool,
+    no_tls_verify: bool,
+    **values: Any,
+) -> None:
     """Add a relay."""
-    if password_stdin:
-        values["password"] = sys.stdin.readline().rstrip("\r\n")
+    _read_secrets(values, password_stdin, webhook_secret_stdin)
     box = settings_of(current_app).secret_box
     try:
         relay = relays.create(box, enabled=not disabled, tls_verify=not no_tls_verify, **values)
     except relays.RelayError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"added relay {relay.name} ({relay.host}:{relay.port}, priority {relay.priority})")
+
+
+def _read_secrets(values: dict[str, Any], password_stdin: bool, webhook_secret_stdin: bool) -> None:
+    """Take the password or the webhook secret from standard input when asked to.
+
+    Standard input holds one secret: asking for both, or for a secret given as an option
+    too, is refused. An empty webhook secret is refused (a blank one would be ignored).
+    """
+    if password_stdin and webhook_secret_stdin:
+        raise click.ClickException(
+            "--password-stdin and --webhook-secret-stdin cannot be used together: standard "
+            "input holds one secret; give the other with its option or in a second command"
+        )
+    if password_stdin:
+        if values.get("password") is not None:
+            raise click.ClickException("give --password or --password-stdin, not both")
+        values["password"] = sys.stdin.readline().rstrip("\r\n")
+    if webhook_secret_stdin:
+        if values.get("webhook_secret") is not None:
+            raise click.ClickException("give --webhook-secret or --webhook-secret-stdin, not both")
+        values["webhook_secret"] = sys.stdin.readline().rstrip("\r\n")
+        if not values["webhook_secret"]:
+            raise click.ClickException("no webhook secret on standard input")
+    if values.get("webhook_secret") == "":
+        raise click.ClickException(
+            "--webhook-secret is empty: give 8 to 256 characters without spaces or line breaks"
+        )
+
+
+# What `servers edit` can change, in the order its report names them: option, column.
+_EDITABLE = (
+    ("name", "name"),
+    ("host", "host"),
+    ("port", "port"),
+    ("security", "security"),
+    ("tls-verify", "tls_verify"),
+    ("username", "username"),
+    ("priority", "priority"),
+    ("weight", "weight"),
+    ("provider", "provider"),
+    ("max-per-connection", "max_per_connection"),
+    ("max-rate", "max_rate"),
+    ("unknown-retries", "unknown_retries"),
+    ("maintenance-policy", "maintenance_policy"),
+)
+
+
+@servers.command("edit")
+@click.argument("name")
+@click.option("--name", "new_name", help="Rename the relay.")
+@click.option("--host")
+@click.option("--port", type=int)
+@click.option("--security", type=click.Choice(SECURITY_MODES))
+@click.option("--username", help="An empty username drops the username and the password.")
+@click.option("--password", help="Stored encrypted; prefer --password-stdin in scripts.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--priority", type=int, help="Lower goes first.")
+@click.option("--weight", type=int)
+@click.option("--provider", type=click.Choice(relays.PROVIDERS))
+@click.option("--max-per-connection", type=int)
+@click.option("--max-rate", type=float, help="Messages per second at most.")
+@click.option(
+    "--unknown-retries",
+    type=int,
+    help="Times a message whose reply was lost after the final dot is sent again.",
+)
+@click.option(
+    "--tls-verify/--no-tls-verify", default=None, help="Verify the relay's certificate or not."
+)
+@click.option(
+    "--maintenance-policy",
+    type=click.Choice(relays.MAINTENANCE_POLICIES),
+    help="While it is in maintenance, its first-choice mail waits (hold) or takes the next "
+    "usable relay (reroute).",
+)
+@click.option(
+    "--webhook-secret",
+    help="The ESP's webhook signing secret; stored encrypted. Prefer --webhook-secret-stdin.",
+)
+@click.option(
+    "--webhook-secret-stdin", is_flag=True, help="Read the webhook secret from standard input."
+)
+@with_appcontext
+def servers_edit(
+    name: str,
+    new_name: str | None,
+    password_stdin: bool,
+    webhook_secret_stdin: bool,
+    **options: Any,
+) -> None:
+    """Change a relay: only the options given change; it is checked as the dashboard's form is.
+
+    Passwords and webhook secrets are never shown, not even in the report of what changed.
+    """
+    relay = _named(name)
+    options["name"] = new_name
+    _read_secrets(options, password_stdin, webhook_secret_stdin)
+    if options.get("password") == "":
+        raise click.ClickException(
+            "--password is empty: to drop the password, give an empty --username"
+        )
+    if options.get("max_rate") is not None and options["max_rate"] <= 0:
+        raise click.ClickException("max rate must be more than 0 messages per second")
+    values = {key: value for key, value in options.items() if value is not None}
+    if "username" in values and not values["username"]:
+        values["username"] = None  # as the dashboard stores a blank username
+    if not values:
+        raise click.ClickException(
+            "nothing to change: give at least one option (see `relayboard servers edit --help`)"
+        )
+    had_password = relay.password_encrypted is not None
+    before = {column: getattr(relay, column) for _, column in _EDITABLE if column in values}
+    try:
+        relays.update(relay, settings_of(current_app).secret_box, **values)
+    except relays.RelayError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    changed = [
+        option
+        for option, column in _EDITABLE
+        if column in before and before[column] != getattr(relay, column)
+    ]
+    if "password" in values or (had_password and relay.password_encrypted is None):
+        changed.append("password")
+    if "webhook_secret" in values:
+        changed.append("webhook-secret")
+    if not changed:
+        click.echo(f"{name}: unchanged")
+        return
+    renamed = f"; now named {relay.name}" if relay.name != name else ""
+    click.echo(f"{name}: updated ({', '.join(changed)}){renamed}")
 
 
 def _relay_row(relay: Any) -> dict[str, Any]:
@@ -184,6 +335,175 @@ def servers_test(name: str) -> None:
     if not result.ok:
         raise click.ClickException(f"{name}: {result.error}")
     click.echo(f"{name}: ok in {result.total_ms:.1f} ms")
+
+
+# -- maintenance ------------------------------------------------------------------------
+
+
+@cli.group("maintenance")
+def maintenance_group() -> None:
+    """Put relays in maintenance and take them out; plan and cancel maintenance windows."""
+
+
+def _maintenance_failed(exc: maintenance.MaintenanceError, what: str) -> click.ClickException:
+    return click.ClickException(f"{what}: {exc}")
+
+
+@maintenance_group.command("start")
+@click.argument("name")
+@click.option("--note", help="Why: kept with the relay and its event.")
+@with_appcontext
+def maintenance_start(name: str, note: str | None) -> None:
+    """Put a relay in maintenance now: no message is tried on it until it ends."""
+    relay = _named(name)
+    try:
+        started = maintenance.start(relay, by="cli", note=note)
+    except maintenance.MaintenanceError as exc:
+        raise _maintenance_failed(exc, name) from None
+    if started:
+        click.echo(f"{name}: maintenance started")
+    else:
+        click.echo(f"{name}: already in maintenance ({relays.maintenance_reason(relay)})")
+
+
+@maintenance_group.command("end")
+@click.argument("name")
+@click.option("--note", help="Kept with the relay's event.")
+@with_appcontext
+def maintenance_end(name: str, note: str | None) -> None:
+    """Take a relay out of maintenance and release the mail held or deferred for it."""
+    relay = _named(name)
+    try:
+        released = maintenance.end(relay, "cli", note)
+    except maintenance.MaintenanceError as exc:
+        raise _maintenance_failed(exc, name) from None
+    if released is None:
+        click.echo(f"{name}: not in maintenance")
+        return
+    click.echo(
+        f"{name}: maintenance ended; {released.held} held and {released.deferred} deferred "
+        "message(s) released"
+    )
+
+
+_ISO_EXAMPLES = "for example 2025-06-01T22:00Z or 2025-06-01T22:00+02:00 (no offset: UTC)"
+
+
+def _utc(option: str, text: str) -> datetime:
+    """Read an ISO 8601 time as naive UTC: an offset is converted, no offset means UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.ClickException(
+            f"{option}: {text!r} is not an ISO 8601 time; {_ISO_EXAMPLES}"
+        ) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+@maintenance_group.command("plan")
+@click.argument("name")
+@click.option("--start", "start_text", required=True, help=f"ISO 8601; {_ISO_EXAMPLES}.")
+@click.option("--end", "end_text", required=True, help="ISO 8601, as --start.")
+@click.option("--note", help="Why: kept with the window and its events.")
+@with_appcontext
+def maintenance_plan(name: str, start_text: str, end_text: str, note: str | None) -> None:
+    """Plan a maintenance window: the relay enters and leaves maintenance by itself."""
+    relay = _named(name)
+    starts_at, ends_at = _utc("--start", start_text), _utc("--end", end_text)
+    try:
+        window = maintenance.plan(relay, starts_at, ends_at, by="cli", note=note)
+    except maintenance.MaintenanceError as exc:
+        raise _maintenance_failed(exc, name) from None
+    click.echo(
+        f"{name}: window {window.id} planned from {window.starts_at:%Y-%m-%d %H:%M:%S} "
+        f"to {window.ends_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+
+
+@maintenance_group.command("cancel")
+@click.argument("window_id", type=int)
+@with_appcontext
+def maintenance_cancel(window_id: int) -> None:
+    """Cancel a planned window; a window under way ends now, and its relay's maintenance too."""
+    window = db.session.get(MaintenanceWindow, window_id)
+    if window is None:
+        raise click.ClickException(
+            f"no maintenance window {window_id} (see `relayboard maintenance list`)"
+        )
+    was_active = window.state == maintenance.ACTIVE
+    name = window.relay.name
+    try:
+        maintenance.cancel_plan(window, by="cli")
+    except maintenance.MaintenanceError as exc:
+        raise _maintenance_failed(exc, name) from None
+    if was_active:
+        click.echo(f"{name}: window {window_id} was under way: ended, and its maintenance with it")
+    else:
+        click.echo(f"{name}: window {window_id} cancelled")
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.isoformat() + "Z" if moment else None
+
+
+@maintenance_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_appcontext
+def maintenance_list(as_json: bool) -> None:
+    """List the relays in maintenance and the planned or running windows (times in UTC)."""
+    held = maintenance.held_counts()
+    current: list[Relay] = [r for r in relays.ordered() if maintenance.in_maintenance(r)]
+    in_maintenance = [
+        {
+            "name": r.name,
+            "since": _stamp(r.maintenance_since),
+            "by": r.maintenance_by,
+            "reason": r.maintenance_reason,
+            "policy": r.maintenance_policy,
+            "held": held.get(r.id, 0),
+        }
+        for r in current
+    ]
+    planned = maintenance.windows()
+    windows = [
+        {
+            "id": w.id,
+            "relay": w.relay.name,
+            "starts_at": _stamp(w.starts_at),
+            "ends_at": _stamp(w.ends_at),
+            "state": w.state,
+            "note": w.note,
+            "by": w.created_by,
+        }
+        for w in planned
+    ]
+    if as_json:
+        click.echo(json.dumps({"in_maintenance": in_maintenance, "windows": windows}, indent=2))
+        return
+    if not current:
+        click.echo("no relay is in maintenance")
+    else:
+        click.echo(f"{'NAME':<20} {'SINCE (UTC)':<17} {'BY':<16} {'POLICY':<8} {'HELD':>5}  REASON")
+        for r in current:
+            since = f"{r.maintenance_since:%Y-%m-%d %H:%M}" if r.maintenance_since else ""
+            click.echo(
+                f"{r.name:<20} {since:<17} {r.maintenance_by or '?':<16} "
+                f"{r.maintenance_policy:<8} {held.get(r.id, 0):>5}  {r.maintenance_reason or ''}"
+            )
+    click.echo()
+    if not planned:
+        click.echo("no maintenance windows: plan one with `relayboard maintenance plan`")
+        return
+    click.echo(
+        f"{'ID':>4}  {'RELAY':<20} {'STARTS (UTC)':<17} {'ENDS (UTC)':<17} {'STATE':<8} NOTE"
+    )
+    for w in planned:
+        click.echo(
+            f"{w.id:>4}  {w.relay.name:<20} {w.starts_at:%Y-%m-%d %H:%M}  "
+            f"{w.ends_at:%Y-%m-%d %H:%M}  {w.state:<8} {w.note}"
+        )
 
 
 # -- api keys ---------------------------------------------------------------------------

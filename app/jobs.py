@@ -26,6 +26,7 @@ log = logs.get("jobs")
 HEALTH_CHECK_MINUTES = 5
 HEALTH_HISTORY_DAYS = 30
 BACKOFF_MAX_SECONDS = 60.0
+MAINTENANCE_SECONDS = 1  # how soon a received webhook or a window's start is acted on
 
 
 class DrainJob:
@@ -88,14 +89,39 @@ def health_checks(app: Flask) -> None:
                 log.exception("health checks failed; the next run retries")
 
 
+def maintenance_job(app: Flask) -> None:
+    """Act on received webhooks and start or end planned maintenance windows."""
+    from app.services import maintenance, webhooks
+
+    with app.app_context():
+        try:
+            webhooks.process_pending()
+            maintenance.tick()
+        except Exception as exc:
+            if is_unreachable(exc):
+                reachability.failed(exc, "maintenance")
+            else:
+                log.exception("acting on webhooks or maintenance windows failed; retrying")
+
+
 def schedule(app: Flask, scheduler: BaseScheduler) -> DrainJob:
-    """Add the passes and the health checks to a scheduler; return the drain job."""
+    """Add the passes, webhook and maintenance handling and the health checks to a
+    scheduler; return the drain job."""
     scheduler.add_job(
         health_checks,
         "interval",
         args=[app],
         minutes=HEALTH_CHECK_MINUTES,
         id="health_checks",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        maintenance_job,
+        "interval",
+        args=[app],
+        seconds=MAINTENANCE_SECONDS,
+        id="maintenance",
         max_instances=1,
         coalesce=True,
     )

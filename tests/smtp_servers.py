@@ -357,8 +357,13 @@ class _Handler:
         address: str,
         mail_options: list[str],
     ) -> Any:
-        """Answer MAIL FROM."""
-        reply = await self.owner._script("mail")
+        """Answer MAIL FROM; refuse once a connection carried its limit, if one is set."""
+        owner = self.owner
+        limit = owner._per_connection
+        if limit is not None and getattr(server, "carried", 0) >= limit[0]:
+            owner.over_limit += 1
+            return limit[1]
+        reply = await owner._script("mail")
         return MISSING if reply is None else reply
 
     async def handle_RCPT(
@@ -394,6 +399,7 @@ class _Handler:
             await server.loop.create_future()  # cancelled on disconnect or stop()
         if reply is not None:
             return reply
+        server.carried = getattr(server, "carried", 0) + 1  # type: ignore[attr-defined]
         owner._record(message)
         return MISSING
 
@@ -455,6 +461,8 @@ class ScriptedSMTPServer:
         self._rejected: dict[str, str] = {}
         self._hang_after_data = False
         self._drop_after_data = False
+        self._per_connection: tuple[int, str] | None = None
+        self.over_limit = 0  # MAIL commands refused because their connection hit the limit
         self._sessions: set[_ScriptedSMTP] = set()
         self._controller: _Controller | None = None
         self._ready = False
@@ -582,6 +590,10 @@ class ScriptedSMTPServer:
         """Read the message after DATA, then drop the connection instead of answering."""
         self._drop_after_data = flag
 
+    def limit_per_connection(self, messages: int, reply: str) -> None:
+        """Answer ``reply`` to MAIL once a connection has carried ``messages`` messages."""
+        self._per_connection = (messages, reply)
+
     def reset(self) -> None:
         """Go back to accepting everything immediately."""
         with self._lock:
@@ -590,6 +602,7 @@ class ScriptedSMTPServer:
             self._rejected = {}
             self._hang_after_data = False
             self._drop_after_data = False
+            self._per_connection = None
 
     def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
         """Block until at least ``count`` messages were received and return them all."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -225,3 +226,80 @@ def test_a_window_must_make_sense(app: Any, smtp_server: Any, add_relay: Any) ->
         maintenance.plan(
             relay("primary"), now - timedelta(hours=2), now - timedelta(hours=1), "ops"
         )
+
+
+# -- maintenance and recycling seen in replies ------------------------------------------------
+
+MAINTENANCE_REPLY = "Service isn't available, try again later"
+
+
+def test_the_maintenance_reply_puts_a_mailersend_relay_in_maintenance_and_holds(
+    smtp_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine
+) -> None:
+    add_relay("primary", smtp_server, provider="mailersend", maintenance_policy="hold")
+    smtp_server.fail("mail", 421, MAINTENANCE_REPLY)
+    first, second = send()["id"], send()["id"]
+    engine.run_pass()
+    row = relay("primary")
+    assert row.maintenance_by == "reply" and MAINTENANCE_REPLY in (row.maintenance_reason or "")
+    assert (row.circuit_state, row.circuit_failures) == ("closed", 0), "not a breaker failure"
+    assert [message(pk).status for pk in (first, second)] == ["held", "held"]
+    assert attempts_on("primary") == 1, "the second message was not tried once it was known"
+    smtp_server.reset()
+    assert maintenance.end(relay("primary"), "webhook") is not None
+    assert engine.run_pass().sent == 2
+
+
+def test_the_maintenance_reply_reroutes_and_a_good_probe_ends_it(
+    smtp_server_factory: Any, add_relay: Any, send: Any, engine: DeliveryEngine, app: Any
+) -> None:
+    from app.services import health
+
+    primary, backup = smtp_server_factory(), smtp_server_factory()
+    add_relay("primary", primary, provider="mailersend", priority=1)
+    add_relay("backup", backup, priority=2)
+    primary.fail("mail", 421, MAINTENANCE_REPLY)
+    pk = send()["id"]
+    assert engine.run_pass().sent == 1
+    assert message(pk).relay_id == relay("backup").id and len(backup.wait_for(1)) == 1
+    assert relay("primary").maintenance_by == "reply"
+    primary.reset()
+    health.probe_relay(relay("primary"), app.config["RELAYBOARD"])
+    assert relay("primary").maintenance_since is None
+    after = send()["id"]
+    assert engine.run_pass().sent == 1
+    assert message(after).relay_id == relay("primary").id
+
+
+def test_another_providers_421_stays_a_breaker_failure(
+    smtp_server: Any, add_relay: Any, send: Any, engine: DeliveryEngine
+) -> None:
+    add_relay("primary", smtp_server)  # generic
+    smtp_server.fail("mail", 421, MAINTENANCE_REPLY)
+    pk = send()["id"]
+    engine.run_pass()
+    row = relay("primary")
+    assert row.maintenance_since is None and row.circuit_failures == 1
+    assert message(pk).status == "deferred"
+
+
+def test_mailersends_per_connection_limit_recycles_the_session_without_a_failure(
+    smtp_server: Any, add_relay: Any, send: Any, app: Any
+) -> None:
+    settings = replace(app.config["RELAYBOARD"], sessions_per_relay=1)
+    engine = DeliveryEngine(db.engine, settings)
+    # max per connection above MailerSend's 5, as a user might set it
+    add_relay("primary", smtp_server, provider="mailersend", max_per_connection=100)
+    smtp_server.limit_per_connection(5, "421 4.7.0 Too many messages on this connection")
+    queued = [send()["id"] for _ in range(12)]
+    report = engine.run_pass()
+    assert report.sent == 12 and len(smtp_server.wait_for(12)) == 12
+    assert smtp_server.over_limit == 2 and smtp_server.connections == 3
+    row = relay("primary")
+    assert (row.circuit_failures, row.maintenance_since) == (0, None)
+    outcomes = [a.outcome for pk in queued for a in attempts_of(pk)]
+    assert outcomes.count("recycled") == 2 and outcomes.count("sent") == 12
+
+
+def attempts_of(pk: int) -> list[Attempt]:
+    return list(db.session.scalars(select(Attempt).where(Attempt.message_id == pk)))

@@ -4,7 +4,7 @@ An attempt sends one message through one relay. Its replies were classified per
 recipient (app/domain/replies.py); this module alone decides what they add up to:
 
 - the attempt's outcome, as recorded and shown (sent, partial, failover, rejected,
-  unknown, deferred);
+  unknown, deferred; maintenance and recycled where the provider said so);
 - what the relay's circuit learns (a success, a failure, an authentication failure that
   opens it at once, a throttle that cools it down, or nothing);
 - whether the attempt proved the relay works, so more messages may use it at once
@@ -36,7 +36,9 @@ class Lesson(StrEnum):
 class Judgement:
     """What one attempt adds up to."""
 
-    outcome: str  # sent | partial | failover | rejected | unknown | deferred
+    outcome: (
+        str  # sent | partial | failover | rejected | unknown | deferred | maintenance | recycled
+    )
     lesson: Lesson
     proved: bool | None  # True: the relay works; False: it does not; None: no news
     reason: str  # the verdict that speaks for the relay (its last error, the failover reason)
@@ -45,6 +47,8 @@ class Judgement:
     fail_over: tuple[str, ...] = ()  # recipients for the next relay, in this pass
     retry: Mapping[str, str] = field(default_factory=dict)  # recipient → why, later
     unknown: tuple[str, ...] = ()  # recipients whose reply was lost after the final dot
+    recycle: tuple[str, ...] = ()  # recipients to send again on a fresh session, now
+    maintenance: bool = False  # the relay said it is in maintenance
 
 
 def _relay_verdict(overall: Verdict, verdicts: Mapping[str, Verdict]) -> Verdict:
@@ -75,9 +79,14 @@ def judge(verdicts: Mapping[str, Verdict], overall: Verdict) -> Judgement:
     fail_over = tuple(r for r, v in verdicts.items() if v.fails_over)
     retry = {r: v.reason for r, v in verdicts.items() if v.action in (Action.RETRY, Action.UNKNOWN)}
     unknown = tuple(r for r, v in verdicts.items() if v.action == Action.UNKNOWN)
+    recycle = tuple(r for r, v in verdicts.items() if v.action == Action.RECYCLE)
 
     if delivered:
         outcome = "sent" if len(actions) == 1 else "partial"
+    elif relay.action == Action.MAINTENANCE:
+        outcome = "maintenance"
+    elif recycle:
+        outcome = "recycled"
     elif relay.fails_over:
         outcome = "failover"
     elif Action.REJECT in actions:
@@ -118,6 +127,8 @@ def judge(verdicts: Mapping[str, Verdict], overall: Verdict) -> Judgement:
         fail_over=fail_over,
         retry=retry,
         unknown=unknown,
+        recycle=recycle,
+        maintenance=relay.action == Action.MAINTENANCE,
     )
 
 

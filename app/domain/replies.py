@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.domain.providers import ReplyMeaning
+
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _THROTTLE_WORDS = re.compile(r"rate|throttl|too many|slow down|exceeded|quota", re.IGNORECASE)
 
@@ -21,6 +23,8 @@ class Action(StrEnum):
     RETRY = "retry"  # this message on this server: back off and retry
     REJECT = "reject"  # permanent for the recipient(s): no failover
     UNKNOWN = "unknown"  # reply lost after the final dot: the relay may have it
+    MAINTENANCE = "maintenance"  # the provider says it is in maintenance: hold or reroute
+    RECYCLE = "recycle"  # the session carried all the provider allows: send on a fresh one
 
 
 class Scope(StrEnum):
@@ -52,6 +56,7 @@ class Verdict:
             Action.THROTTLED,
             Action.AUTH_FAILED,
             Action.UNSUPPORTED,
+            Action.MAINTENANCE,
         )
 
 
@@ -61,9 +66,19 @@ def enhanced_status(text: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
-def classify_reply(code: int, text: str, *, stage: str = "data") -> Verdict:
-    """Classify an SMTP reply code and text given at a transaction stage."""
+def classify_reply(
+    code: int, text: str, *, stage: str = "data", meaning: ReplyMeaning | None = None
+) -> Verdict:
+    """Classify an SMTP reply code and text given at a transaction stage.
+
+    `meaning` is what the relay's provider means by it beyond its code
+    (app/domain/providers.py); without one, DESIGN.md's table applies.
+    """
     summary = f"{code} {text}".strip()
+    if meaning == ReplyMeaning.MAINTENANCE:
+        return Verdict(Action.MAINTENANCE, Scope.SERVER, f"in maintenance: {summary}")
+    if meaning == ReplyMeaning.RECYCLE:
+        return Verdict(Action.RECYCLE, Scope.SERVER, f"the session carried all it may: {summary}")
     if 200 <= code < 400:
         return Verdict(Action.DELIVERED, Scope.MESSAGE, summary)
     status = enhanced_status(text)

@@ -21,7 +21,7 @@ from app.crypto import SecretUnreadable
 from app.db import db
 from app.domain import breaker
 from app.models import HealthCheck, JobLease, Relay, utcnow
-from app.services import circuits, relays
+from app.services import circuits, maintenance, relays
 from app.transport.smtp import Endpoint, ProbeResult, StepTiming, Timeouts, probe
 
 log = logs.get("health")
@@ -148,6 +148,8 @@ def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = No
     db.session.commit()
     if result.ok:
         _half_open(relay, trigger, by)
+        if relay.maintenance_by == maintenance.BY_REPLY:  # its reply put it there: over
+            maintenance.end(relay, "health probe", "a health probe succeeded")
     return check
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy import Connection, CursorResult, Update, func, insert, select, update
 
 from app import logs
 from app.db import db
@@ -24,6 +24,7 @@ from app.models import DEFERRED, HELD, QUEUED, Event, MaintenanceWindow, Message
 log = logs.get("maintenance")
 
 PLANNED, ACTIVE, DONE, CANCELLED = "planned", "active", "done", "cancelled"
+BY_REPLY = "reply"  # maintenance_by of a relay whose own reply said it is in maintenance
 MAX_NOTE = 500
 
 
@@ -89,6 +90,39 @@ def start(relay: Relay, by: str, note: str | None = None, now: datetime | None =
             extra={"relay": relay.name, "by": by, "note": note, "policy": relay.maintenance_policy},
         )
     return bool(entered)
+
+
+def enter_from_reply(conn: Connection, relay_id: int, at: datetime, reason: str) -> bool:
+    """Put a relay in maintenance because its reply said so (a delivery pass's write, on
+    the pass's connection); say whether it changed. It lasts until the ESP's webhook, an
+    operator or a good health probe ends it."""
+    entered = conn.execute(
+        update(Relay)
+        .where(Relay.id == relay_id, Relay.maintenance_since.is_(None))
+        .values(maintenance_since=at, maintenance_reason=reason[:500], maintenance_by=BY_REPLY)
+        .returning(Relay.name, Relay.maintenance_policy)
+    ).first()
+    if entered is None:
+        return False
+    conn.execute(
+        insert(Event).values(
+            at=at,
+            type="maintenance_start",
+            relay_id=relay_id,
+            detail=f"maintenance started by its reply: {reason}",
+            data={"by": BY_REPLY, "note": reason, "policy": entered.maintenance_policy},
+        )
+    )
+    log.warning(
+        "maintenance started",
+        extra={
+            "relay": entered.name,
+            "by": BY_REPLY,
+            "note": reason,
+            "policy": entered.maintenance_policy,
+        },
+    )
+    return True
 
 
 def end(

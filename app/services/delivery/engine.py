@@ -41,7 +41,7 @@ from app.config import Settings
 from app.domain import routing
 from app.domain.retry import RetryPolicy
 from app.models import DEFERRED, FAILED, LOGGED, QUEUED, SENT, Relay, utcnow
-from app.services import circuits, queue
+from app.services import circuits, maintenance, queue
 from app.services.delivery.message import MessageDelivery, Rules
 from app.services.delivery.relays import RelayChange, RelayState
 from app.services.relays import RelaySnapshot, snapshot
@@ -406,6 +406,8 @@ class Pass:
             queue.finish(conn, self.engine.owner, outcomes)
             queue.release(conn, self.engine.owner, released, "the worker stopped before sending it")
             for change in changes:
+                if change.maintenance is not None:
+                    maintenance.enter_from_reply(conn, change.relay_id, *change.maintenance)
                 results = {"cooldown_until": change.cooldown_until, **change.results}
                 written = circuits.save(
                     conn,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from app.domain import routing
+from app.domain import providers, routing
 from app.domain.breaker import CircuitState
 from app.domain.judge import Judgement, judge, passed_on
 from app.domain.replies import Verdict, classify_connection_error, classify_reply, enhanced_status
@@ -113,10 +113,19 @@ class MessageDelivery:
                 return self._logged(relay, to_try)
             wait_out = routing.last_resort(self.route, index, now)
             judgement = await self._attempt(relay, to_try, wait_out)
+            if judgement.recycle:  # once, on a fresh session; again, and it waits
+                again = await self._attempt(relay, list(judgement.recycle), wait_out)
+                self.retry.update(dict.fromkeys(again.recycle, again.reason))
+                judgement = again
+            if judgement.maintenance:
+                relay.enter_maintenance(judgement.reason, utcnow())
+                if routing.holds(relay):
+                    return self._held(relay)
             to_try = list(judgement.fail_over)
             reason, previous = judgement.reason, relay
         if to_try:  # no relay left to try: wait, saying why
-            if previous is None and first is not None and first.maintenance:
+            tried_others = any(a.relay_id != getattr(first, "id", None) for a in self.attempts)
+            if first is not None and first.maintenance and not tried_others:
                 return self._held(first)  # rerouting found no other relay: wait for it
             why = reason or f"no relay available ({'; '.join(skipped) or 'none is configured'})"
             self.retry.update(dict.fromkeys(to_try, why))
@@ -128,15 +137,22 @@ class MessageDelivery:
         """Hold the recipients still owed until the relay's maintenance ends."""
         now = utcnow()
         why = f"held for {relay.name}, in maintenance {relay.maintenance}"
-        events = [self._event(now, "held", why, {"relay": relay.name}, relay=relay)]
-        # Nothing was attempted: the claim's count of an attempt is taken back.
+        events = [
+            self._event(
+                now, "recipient_failed", f"{r}: {why_not}", {"recipient": r, "reason": why_not}
+            )
+            for r, why_not in self.rejected.items()
+        ]
+        events.append(self._event(now, "held", why, {"relay": relay.name}, relay=relay))
+        done = {*self.delivered, *self.rejected}
+        owed = [r for r in self.message.recipients if r not in done]
         return self._outcome(
             HELD,
             events,
-            pending=list(self.message.recipients),
+            pending=owed,
             last_error=why,
             waiting_for=relay,
-            attempted=False,
+            attempted=bool(self.attempts),  # else the claim's count of an attempt is taken back
         )
 
     async def _attempt(self, relay: RelayState, recipients: list[str], wait_out: bool) -> Judgement:
@@ -156,6 +172,7 @@ class MessageDelivery:
                 self.in_flight = None
                 return self._failed(relay, recipients, started, exc)
             judgement: Judgement | None = None
+            carried = session.sent  # messages this session carried before this one
             try:
                 await relay.pace()
                 async with asyncio.timeout(self.rules.deadline):
@@ -163,7 +180,7 @@ class MessageDelivery:
                         self.message.envelope_from, recipients, self.message.data
                     )
             except TransportError as exc:
-                judgement = self._failed(relay, recipients, started, exc)
+                judgement = self._failed(relay, recipients, started, exc, carried)
             except TimeoutError:
                 session.broken = True
                 # After the final dot the message may be at the relay: unknown, not a failure.
@@ -175,10 +192,12 @@ class MessageDelivery:
                 flight.stage = session.stage  # interrupted() reads where it stood
                 raise
             else:
-                judgement = self._replied(relay, recipients, started, result)
+                judgement = self._replied(relay, recipients, started, result, carried)
             finally:
                 if judgement is not None:
                     self.in_flight = None  # recorded: nothing left for interrupted()
+                    if judgement.recycle:
+                        session.broken = True  # the provider wants a fresh connection
                 await relay.pool.release(session, proved=judgement.proved if judgement else None)
             return judgement
         finally:
@@ -188,11 +207,17 @@ class MessageDelivery:
     # -- recording an attempt ---------------------------------------------------------
 
     def _failed(
-        self, relay: RelayState, recipients: list[str], started: float, exc: TransportError
+        self,
+        relay: RelayState,
+        recipients: list[str],
+        started: float,
+        exc: TransportError,
+        carried: int = 0,
     ) -> Judgement:
         """Record a session that failed (to open, or under a transaction) as one attempt."""
         if exc.kind in ("reply", "auth") and exc.code:
-            verdict = classify_reply(exc.code, exc.text, stage=exc.stage)
+            meaning = providers.reply_meaning(relay.snap.provider, exc.code, exc.text, carried)
+            verdict = classify_reply(exc.code, exc.text, stage=exc.stage, meaning=meaning)
         else:
             verdict = classify_connection_error(exc.kind, exc.detail)
         verdicts = dict.fromkeys(recipients, verdict)
@@ -200,10 +225,16 @@ class MessageDelivery:
         return self._record(relay, verdicts, verdict, started, exc.stage, exc.code, text)
 
     def _replied(
-        self, relay: RelayState, recipients: list[str], started: float, result: SendResult
+        self,
+        relay: RelayState,
+        recipients: list[str],
+        started: float,
+        result: SendResult,
+        carried: int = 0,
     ) -> Judgement:
         """Record a transaction the relay answered, judged per recipient."""
-        overall = classify_reply(result.code, result.text, stage=result.stage)
+        meaning = providers.reply_meaning(relay.snap.provider, result.code, result.text, carried)
+        overall = classify_reply(result.code, result.text, stage=result.stage, meaning=meaning)
         verdicts = {
             r: classify_reply(*result.refused[r], stage="rcpt") if r in result.refused else overall
             for r in recipients

@@ -33,6 +33,7 @@ class RelayChange:
     results: dict[str, Any]  # last_error, last_error_at, last_success_at, last_duration_ms
     events: tuple[EventRecord, ...]
     changed_at: datetime  # the circuit's new version, when there are events
+    maintenance: tuple[datetime, str] | None = None  # entered, from its reply: when, why
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RelayState:
     dirty: bool = False
     results: dict[str, Any] = field(default_factory=dict)
     transitions: list[tuple[datetime, Transition]] = field(default_factory=list)
+    entered_maintenance: tuple[datetime, str] | None = None
 
     # What routing reads (app.domain.routing.Routable).
     @property
@@ -90,6 +92,17 @@ class RelayState:
     def test_mode(self) -> bool:
         """Say whether this relay only logs mail (the operator's test mode)."""
         return self.snap.provider == "log"
+
+    def enter_maintenance(self, reason: str, now: datetime) -> None:
+        """Take the relay's own word that it is in maintenance, for this pass and after."""
+        if self.snap.maintenance:
+            return
+        self.snap = replace(
+            self.snap, maintenance=f"since {now:%Y-%m-%d %H:%M} UTC, by its reply: {reason}"
+        )
+        self.entered_maintenance = (now, reason)
+        self.dirty = True
+        self.pool.refuse_waiters(f"in maintenance: {reason}")
 
     def tick(self, now: datetime) -> None:
         """Half-open the circuit if its open timeout has passed."""
@@ -161,7 +174,12 @@ class RelayState:
         )
         if fresh.maintenance and not self.maintenance:
             self.pool.refuse_waiters(f"in maintenance {fresh.maintenance}")
-        self.snap = replace(fresh, circuit_changed_at=fresh.circuit_changed_at if newer else known)
+        mine = self.snap.maintenance if self.entered_maintenance else None  # not yet written
+        self.snap = replace(
+            fresh,
+            circuit_changed_at=fresh.circuit_changed_at if newer else known,
+            maintenance=fresh.maintenance or mine,
+        )
         if newer:
             self.circuit = fresh.circuit
             self.cooldown_until = fresh.cooldown_until
@@ -186,7 +204,9 @@ class RelayState:
             results=dict(self.results),
             events=events,
             changed_at=now,
+            maintenance=self.entered_maintenance,
         )
+        self.entered_maintenance = None
         if events:  # the write bumps the version: this pass knows it, so adopts nothing older
             self.snap = replace(self.snap, circuit_changed_at=now)
         self.transitions.clear()
