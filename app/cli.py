@@ -23,7 +23,7 @@ from app.config import Settings, SettingsError, settings_of
 from app.crypto import SecretUnreadable
 from app.db import db
 from app.models import DEFERRED, QUEUED, MaintenanceWindow, Message, Relay, utcnow
-from app.services import api_keys, maintenance, relays
+from app.services import api_keys, drains, maintenance, pause, relays
 from app.services.delivery import DeliveryEngine, PassReport
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
@@ -374,7 +374,7 @@ def maintenance_end(name: str, note: str | None) -> None:
     """Take a relay out of maintenance and release the mail held or deferred for it."""
     relay = _named(name)
     try:
-        released = maintenance.end(relay, "cli", note)
+        released = maintenance.end(relay, "cli", note, settings=settings_of(current_app))
     except maintenance.MaintenanceError as exc:
         raise _maintenance_failed(exc, name) from None
     if released is None:
@@ -383,7 +383,127 @@ def maintenance_end(name: str, note: str | None) -> None:
     click.echo(
         f"{name}: maintenance ended; {released.held} held and {released.deferred} deferred "
         "message(s) released"
+        + (
+            f" through drain {released.drain_id} (see `relayboard drains list`)"
+            if released.drain_id
+            else ""
+        )
     )
+
+
+# -- drains and the global pause --------------------------------------------------------
+
+
+@cli.group("drains")
+def drains_group() -> None:
+    """Watch and steer the paced release of held mail."""
+
+
+def _drain_row(drain: Any) -> dict[str, Any]:
+    progress = drains.progress(drain)
+    return {
+        "id": drain.id,
+        "relay": drain.relay.name if drain.relay else None,
+        "state": drain.state,
+        "backlog": progress.backlog,
+        "released": progress.released,
+        "sent": progress.sent,
+        "failed": progress.failed,
+        "remaining": progress.remaining,
+        "percent": progress.percent,
+        "rate": round(progress.rate, 2),
+        "eta_seconds": None if progress.eta_seconds is None else round(progress.eta_seconds),
+        "started_at": drain.started_at.isoformat() + "Z",
+        "ended_at": drain.ended_at.isoformat() + "Z" if drain.ended_at else None,
+        "duration_seconds": round(progress.duration_seconds),
+        "reason": drain.reason,
+        "by": drain.created_by,
+    }
+
+
+@drains_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@with_appcontext
+def drains_list(as_json: bool) -> None:
+    """Show running and paused drains, then the latest past ones, with their progress."""
+    rows = [_drain_row(d) for d in drains.listing()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no drains")
+        return
+    for r in rows:
+        eta = f", ETA {r['eta_seconds']} s" if r["eta_seconds"] is not None else ""
+        rate = f", {r['rate']} msg/s" if r["state"] == drains.RUNNING else ""
+        click.echo(
+            f"#{r['id']} {r['relay'] or '(bulk release)'} {r['state']}: {r['percent']}% of "
+            f"{r['backlog']} (released {r['released']}, sent {r['sent']}, failed {r['failed']}, "
+            f"remaining {r['remaining']}){rate}{eta}; {r['duration_seconds']} s since "
+            f"{r['started_at']}"
+        )
+
+
+def _drain_command(action: str) -> Any:
+    def run(drain_id: int) -> None:
+        try:
+            drain = drains.get(drain_id)
+            result = getattr(drains, action)(drain, "cli")
+        except drains.DrainError as exc:
+            raise click.ClickException(str(exc)) from None
+        extra = f"; {result} message(s) stay held" if action == "cancel" else ""
+        click.echo(f"drain {drain_id}: {drain.state}{extra}")
+
+    run.__doc__ = {
+        "pause": "Stop releasing (the ramp's clock stops too).",
+        "resume": "Release again from where the ramp stood.",
+        "cancel": "Stop for good; what was not released stays held.",
+    }[action]
+    return run
+
+
+for _action in ("pause", "resume", "cancel"):
+    drains_group.command(_action)(
+        click.argument("drain_id", type=int)(with_appcontext(_drain_command(_action)))
+    )
+
+
+@drains_group.command("release")
+@click.option("--relay", "relay_name", help="Only the mail held for this relay.")
+@with_appcontext
+def drains_release(relay_name: str | None) -> None:
+    """Release held mail (all, or one relay's) through a new drain at the ramp's pace."""
+    relay = _named(relay_name) if relay_name else None
+    drain = drains.start(
+        drains.held_filter(relay.id if relay else None),
+        ramp=drains.ramp_for(settings_of(current_app), relay),
+        by="cli",
+        reason="held mail released by hand",
+        relay=relay,
+    )
+    if drain is None:
+        click.echo("no held mail to release")
+        return
+    click.echo(f"drain {drain.id}: releasing {drain.backlog} held message(s)")
+
+
+@cli.command("pause")
+@click.option("--note", required=True, help="Why: shown to everyone while delivery is paused.")
+@with_appcontext
+def pause_command(note: str) -> None:
+    """Pause all delivery (no pass claims mail) until `relayboard resume`."""
+    try:
+        changed = pause.pause("cli", note)
+    except pause.PauseError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("delivery paused" if changed else "delivery was already paused")
+
+
+@cli.command("resume")
+@with_appcontext
+def resume_command() -> None:
+    """Resume delivery after `relayboard pause`."""
+    click.echo("delivery resumed" if pause.resume("cli") else "delivery was not paused")
 
 
 _ISO_EXAMPLES = "for example 2025-06-01T22:00Z or 2025-06-01T22:00+02:00 (no offset: UTC)"
@@ -707,8 +827,11 @@ def drain(quiet: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    waiting = drains.waiting()  # held by running drains, released at their ramps' pace
+    totals: dict[str, int] = {}
+    seconds = 0.0
     with click.progressbar(
-        length=max(due, 1), label="delivering", show_pos=True, hidden=quiet
+        length=max(due + waiting, 1), label="delivering", show_pos=True, hidden=quiet
     ) as bar:
         done = 0
 
@@ -717,12 +840,23 @@ def drain(quiet: bool) -> None:
             bar.update(report.finished - done)
             done = report.finished
 
-        report = engine.run_pass(stop=stop, progress=progress)
+        while True:
+            drains.pace()
+            db.session.close()
+            report = engine.run_pass(stop=stop, progress=progress)
+            for field in ("claimed", "sent", "deferred", "failed", "failovers", "released"):
+                totals[field] = totals.get(field, 0) + getattr(report, field)
+            seconds += report.seconds
+            bar.update(report.finished - done)
+            done = 0
+            if report.stopped or stop.is_set() or not drains.waiting():
+                break
+            stop.wait(min(1.0, settings.drain_interval))  # the ramp lets out more soon
     click.echo(
-        f"claimed {report.claimed}: sent {report.sent}, deferred {report.deferred}, "
-        f"failed {report.failed}, failovers {report.failovers}"
-        + (f", released {report.released} (stopped)" if report.stopped else "")
-        + f" in {report.seconds:.2f} s"
+        f"claimed {totals['claimed']}: sent {totals['sent']}, deferred {totals['deferred']}, "
+        f"failed {totals['failed']}, failovers {totals['failovers']}"
+        + (f", released {totals['released']} (stopped)" if report.stopped else "")
+        + f" in {seconds:.2f} s"
     )
 
 

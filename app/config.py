@@ -146,6 +146,11 @@ class Settings:
     ratelimit_storage: str = "memory://"
     old_secret_keys: tuple[str, ...] = ()
     stop_grace: float = 30.0
+    # A drain's ramp: the backlog after a maintenance goes out at this many messages a
+    # second, times `drain_growth` every `drain_step` seconds (up to the relay's max rate).
+    drain_initial_rate: float = 5.0
+    drain_growth: float = 2.0
+    drain_step: float = 30.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -198,6 +203,11 @@ class Settings:
             ),
             old_secret_keys=_old_secret_keys(env),
             stop_grace=_env_float(env, "RELAYBOARD_STOP_GRACE", 30.0, minimum=0.0),
+            drain_initial_rate=_env_float(
+                env, "RELAYBOARD_DRAIN_INITIAL_RATE", 5.0, minimum=0.01
+            ),
+            drain_growth=_env_float(env, "RELAYBOARD_DRAIN_GROWTH", 2.0, minimum=1.0),
+            drain_step=_env_float(env, "RELAYBOARD_DRAIN_STEP", 30.0, minimum=0.1),
         )
 
     @functools.cached_property

@@ -90,13 +90,16 @@ def health_checks(app: Flask) -> None:
 
 
 def maintenance_job(app: Flask) -> None:
-    """Act on received webhooks and start or end planned maintenance windows."""
-    from app.services import maintenance, webhooks
+    """Act on received webhooks, start or end planned maintenance windows, and release
+    what running drains' ramps allow."""
+    from app.services import drains, maintenance, webhooks
 
+    settings = settings_of(app)
     with app.app_context():
         try:
-            webhooks.process_pending()
-            maintenance.tick()
+            webhooks.process_pending(settings=settings)
+            maintenance.tick(settings=settings)
+            drains.pace()
         except Exception as exc:
             if is_unreachable(exc):
                 reachability.failed(exc, "maintenance")

@@ -126,6 +126,16 @@ class Message(db.Model):  # type: ignore[name-defined]
             postgresql_where=text("next_attempt_at IS NOT NULL"),
         ),
         Index("ix_messages_status_created", "status", "created_at"),
+        # A drain's messages: the next to release (held, by priority then age) and its counts.
+        Index(
+            "ix_messages_drain",
+            "drain_id",
+            "status",
+            "priority",
+            "created_at",
+            sqlite_where=text("drain_id IS NOT NULL"),
+            postgresql_where=text("drain_id IS NOT NULL"),
+        ),
         # Mail held or deferred for a relay, released when its maintenance ends.
         Index(
             "ix_messages_waiting_for",
@@ -186,6 +196,8 @@ class Message(db.Model):  # type: ignore[name-defined]
     waiting_for_relay_id: Mapped[int | None] = mapped_column(
         ForeignKey("relays.id", ondelete="SET NULL")
     )
+    # The drain that releases it (held until the drain's pace lets it out).
+    drain_id: Mapped[int | None] = mapped_column(ForeignKey("drains.id", ondelete="SET NULL"))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -234,6 +246,43 @@ class Event(db.Model):  # type: ignore[name-defined]
     relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
     detail: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Drain(db.Model):  # type: ignore[name-defined]
+    """The paced release of a backlog of held mail, highest priority first."""
+
+    __tablename__ = "drains"
+    __table_args__ = (Index("ix_drains_state", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default="running")  # paused, cancelled, done
+    backlog: Mapped[int] = mapped_column(Integer, default=0)  # messages at the start
+    released: Mapped[int] = mapped_column(Integer, default=0)
+    initial_rate: Mapped[float] = mapped_column(Float)
+    factor: Mapped[float] = mapped_column(Float)
+    step_seconds: Mapped[float] = mapped_column(Float)
+    max_rate: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Seconds spent running before resumed_at (a pause stops the ramp's clock).
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    resumed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    relay: Mapped[Relay | None] = relationship()
+
+
+class Switch(db.Model):  # type: ignore[name-defined]
+    """A global switch an operator turns (the pause of all delivery): who, why, since when."""
+
+    __tablename__ = "switches"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    since: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    by: Mapped[str] = mapped_column(String(128), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class MaintenanceWindow(db.Model):  # type: ignore[name-defined]

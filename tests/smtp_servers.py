@@ -21,8 +21,9 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, AnyStr, Literal, Self, cast
 
@@ -71,6 +72,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     message_id: str | None
+    at: float = field(default_factory=time.monotonic)  # when the final dot was answered
 
 
 def _message_id(data: bytes) -> str | None:

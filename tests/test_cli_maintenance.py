@@ -118,7 +118,8 @@ def test_end_releases_the_held_mail_that_list_counts(
 
     ended = invoke("maintenance", "end", "primary")
     assert ended.stdout == (
-        "primary: maintenance ended; 2 held and 0 deferred message(s) released\n"
+        "primary: maintenance ended; 2 held and 0 deferred message(s) released through drain 1 "
+        "(see `relayboard drains list`)\n"
     )
 
 
@@ -613,3 +614,48 @@ def test_servers_edit_of_an_unknown_relay_is_refused(invoke: Invoke) -> None:
     result = invoke("servers", "edit", "ghost", "--port", "25")
     assert result.exit_code == 1
     assert "no relay named 'ghost'" in result.stderr
+
+
+# --------------------------------------------------------------------------- drains, pause
+
+
+def _held_drain(app: Flask, add_relay: Any, send: Any, invoke: Invoke) -> int:
+    add_relay("primary", NOWHERE, maintenance_policy="hold")
+    invoke("maintenance", "start", "primary")
+    for _ in range(3):
+        send()
+    DeliveryEngine(db.engine, app.config["RELAYBOARD"]).run_pass()
+    ended = invoke("maintenance", "end", "primary")
+    assert "through drain 1" in ended.stdout
+    return 1
+
+
+def test_drains_list_pause_resume_cancel(
+    app: Flask, add_relay: Any, send: Any, invoke: Invoke
+) -> None:
+    drain_id = _held_drain(app, add_relay, send, invoke)
+    listed = invoke("drains", "list")
+    assert listed.exit_code == 0
+    assert listed.stdout.startswith("#1 primary running: 0% of 3 (released 0, sent 0")
+    (row,) = json.loads(invoke("drains", "list", "--json").stdout)
+    assert (row["id"], row["state"], row["backlog"], row["rate"]) == (1, "running", 3, 5.0)
+    assert invoke("drains", "pause", str(drain_id)).stdout == "drain 1: paused\n"
+    again = invoke("drains", "pause", str(drain_id))
+    assert again.exit_code == 1 and "not running" in everything(again)
+    assert invoke("drains", "resume", str(drain_id)).stdout == "drain 1: running\n"
+    cancelled = invoke("drains", "cancel", str(drain_id))
+    assert cancelled.stdout == "drain 1: cancelled; 3 message(s) stay held\n"
+    unknown = invoke("drains", "cancel", "99")
+    assert unknown.exit_code == 1 and "no drain 99" in everything(unknown)
+    released = invoke("drains", "release", "--relay", "primary")
+    assert released.stdout == "drain 2: releasing 3 held message(s)\n"
+    assert invoke("drains", "release").stdout == "no held mail to release\n"
+
+
+def test_pause_and_resume_all_delivery(app: Flask, invoke: Invoke) -> None:
+    refused = invoke("pause", "--note", "  ")
+    assert refused.exit_code == 1 and "say why" in everything(refused)
+    assert invoke("pause", "--note", "ESP incident").stdout == "delivery paused\n"
+    assert invoke("pause", "--note", "again").stdout == "delivery was already paused\n"
+    assert invoke("resume").stdout == "delivery resumed\n"
+    assert invoke("resume").stdout == "delivery was not paused\n"

@@ -48,7 +48,7 @@ def probe_relay(
 ) -> HealthCheck:
     """Probe one relay now, store the check, and feed a success to its circuit."""
     result = asyncio.run(_probe(relay, settings))
-    return _record(relay, result, trigger, by)
+    return _record(relay, result, trigger, by, settings)
 
 
 def run_scheduled_checks(
@@ -63,7 +63,8 @@ def run_scheduled_checks(
         return []
     results = asyncio.run(_probe_all(targets, settings))
     checks = [
-        _record(relay, result, SCHEDULE) for relay, result in zip(targets, results, strict=True)
+        _record(relay, result, SCHEDULE, settings=settings)
+        for relay, result in zip(targets, results, strict=True)
     ]
     failed = [c for c in checks if not c.ok]
     log.info("health checks", extra={"relays": len(checks), "failed": len(failed)})
@@ -133,7 +134,13 @@ async def _probe_all(targets: list[Relay], settings: Settings) -> list[ProbeResu
     return list(await asyncio.gather(*(_probe(relay, settings) for relay in targets)))
 
 
-def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = None) -> HealthCheck:
+def _record(
+    relay: Relay,
+    result: ProbeResult,
+    trigger: str,
+    by: str | None = None,
+    settings: Settings | None = None,
+) -> HealthCheck:
     """Store one probe's outcome, then let a success half-open an open circuit."""
     check = HealthCheck(
         relay_id=relay.id,
@@ -149,7 +156,7 @@ def _record(relay: Relay, result: ProbeResult, trigger: str, by: str | None = No
     if result.ok:
         _half_open(relay, trigger, by)
         if relay.maintenance_by == maintenance.BY_REPLY:  # its reply put it there: over
-            maintenance.end(relay, "health probe", "a health probe succeeded")
+            maintenance.end(relay, "health probe", "a health probe succeeded", settings=settings)
     return check
 
 

@@ -18,8 +18,10 @@ from typing import Any, cast
 from sqlalchemy import Connection, CursorResult, Update, func, insert, select, update
 
 from app import logs
+from app.config import Settings
 from app.db import db
-from app.models import DEFERRED, HELD, QUEUED, Event, MaintenanceWindow, Message, Relay, utcnow
+from app.models import DEFERRED, HELD, Event, MaintenanceWindow, Message, Relay, utcnow
+from app.services import drains
 
 log = logs.get("maintenance")
 
@@ -38,6 +40,7 @@ class Released:
 
     held: int = 0
     deferred: int = 0
+    drain_id: int | None = None  # the drain that releases them
 
     @property
     def total(self) -> int:
@@ -126,9 +129,14 @@ def enter_from_reply(conn: Connection, relay_id: int, at: datetime, reason: str)
 
 
 def end(
-    relay: Relay, by: str, note: str | None = None, now: datetime | None = None
+    relay: Relay,
+    by: str,
+    note: str | None = None,
+    now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> Released | None:
-    """Take a relay out of maintenance and release its mail; None if it was not in it."""
+    """Take a relay out of maintenance and start the drain of its mail (at `settings`'
+    ramp); None if it was not in maintenance."""
     note = _note(note)
     now = now or utcnow()
     since = relay.maintenance_since
@@ -140,7 +148,7 @@ def end(
     if not left:
         db.session.rollback()
         return None
-    released = _release(relay.id, now)
+    released = _release(relay, by, now, settings)
     seconds = (now - since).total_seconds() if since else 0.0
     detail = (
         f"maintenance ended by {by} after {seconds / 60:.0f} min; "
@@ -177,23 +185,31 @@ def end(
     return released
 
 
-def _release(relay_id: int, now: datetime) -> Released:
-    """Queue the mail held for a relay and bring forward the mail deferred for it.
-
-    Claims take due mail highest priority first, then oldest, so the backlog goes out in
-    that order.
-    """
-    held = _changed(
-        update(Message)
-        .where(Message.waiting_for_relay_id == relay_id, Message.status == HELD)
-        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
+def _release(relay: Relay, by: str, now: datetime, settings: Settings | None) -> Released:
+    """Start a drain of the mail held or deferred for a relay: it goes out highest priority
+    first, at a pace that ramps up (app/services/drains.py)."""
+    waiting = Message.waiting_for_relay_id == relay.id
+    found = dict(
+        db.session.execute(
+            select(Message.status, func.count())
+            .where(waiting, Message.status.in_((HELD, DEFERRED)))
+            .group_by(Message.status)
+        ).all()
     )
-    deferred = _changed(
-        update(Message)
-        .where(Message.waiting_for_relay_id == relay_id, Message.status == DEFERRED)
-        .values(next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
+    drain = drains.start(
+        waiting,
+        ramp=drains.ramp_for(settings, relay),
+        by=by,
+        reason=f"the end of {relay.name}'s maintenance",
+        relay=relay,
+        now=now,
+        commit=False,
     )
-    return Released(held=held, deferred=deferred)
+    return Released(
+        held=int(found.get(HELD, 0)),
+        deferred=int(found.get(DEFERRED, 0)),
+        drain_id=drain.id if drain else None,
+    )
 
 
 # -- planned windows ----------------------------------------------------------------------
@@ -240,12 +256,12 @@ def plan(
     return window
 
 
-def cancel_plan(window: MaintenanceWindow, by: str) -> None:
+def cancel_plan(window: MaintenanceWindow, by: str, settings: Settings | None = None) -> None:
     """Cancel a planned window; a window already under way is ended instead."""
     if window.state == ACTIVE:
         window.state = DONE
         db.session.commit()
-        end(window.relay, by, f"window {window.id} cancelled")
+        end(window.relay, by, f"window {window.id} cancelled", settings=settings)
         return
     if window.state != PLANNED:
         raise MaintenanceError(f"window {window.id} is {window.state}, not planned")
@@ -261,7 +277,7 @@ def windows(include_past: bool = False) -> list[MaintenanceWindow]:
     return list(db.session.scalars(query))
 
 
-def tick(now: datetime | None = None) -> int:
+def tick(now: datetime | None = None, settings: Settings | None = None) -> int:
     """Start the windows whose time has come and end those that are over; return changes."""
     now = now or utcnow()
     changed = 0
@@ -289,7 +305,7 @@ def tick(now: datetime | None = None) -> int:
         )
         db.session.commit()
         if claimed:
-            end(window.relay, f"plan {window.id}", window.note, now)
+            end(window.relay, f"plan {window.id}", window.note, now, settings)
             changed += 1
     return changed
 

@@ -212,8 +212,9 @@ _UNREADABLE_PASSWORD = (
 )
 
 
-def snapshot(relay: Relay, box: SecretBox) -> RelaySnapshot:
-    """Return a delivery pass's read-only view of a relay."""
+def snapshot(relay: Relay, box: SecretBox, drain_rate: float | None = None) -> RelaySnapshot:
+    """Return a delivery pass's read-only view of a relay; a running drain's ramp rate,
+    when lower, paces its sends instead of its own max rate."""
     try:
         reach, why_not = endpoint(relay, box), None
     except SecretUnreadable:
@@ -225,7 +226,9 @@ def snapshot(relay: Relay, box: SecretBox) -> RelaySnapshot:
         weight=relay.weight,
         enabled=relay.enabled,
         provider=relay.provider,
-        max_rate=relay.max_rate,
+        max_rate=min(r for r in (relay.max_rate, drain_rate) if r)
+        if relay.max_rate or drain_rate
+        else None,
         policy=policy_of(relay),
         circuit=circuit_of(relay),
         circuit_changed_at=relay.circuit_changed_at,

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import logs
+from app.config import Settings
 from app.crypto import SecretBox, SecretUnreadable
 from app.db import db
 from app.domain import providers, webhooks
@@ -115,7 +116,9 @@ def receive(body: bytes, signature: str | None, box: SecretBox) -> Receipt:
     return Receipt(200, "received", event_id=event.id)
 
 
-def process_pending(limit: int = 100, now: datetime | None = None) -> int:
+def process_pending(
+    limit: int = 100, now: datetime | None = None, settings: Settings | None = None
+) -> int:
     """Act on stored events not yet acted on, oldest first; return how many were handled.
 
     Each event is claimed by one process (its processed_at set where it was empty)
@@ -139,7 +142,7 @@ def process_pending(limit: int = 100, now: datetime | None = None) -> int:
         if not getattr(claimed, "rowcount", 0):
             continue  # another process took it
         try:
-            result = _act(event, now)
+            result = _act(event, now, settings)
         except Exception:
             db.session.rollback()
             db.session.execute(
@@ -155,7 +158,7 @@ def process_pending(limit: int = 100, now: datetime | None = None) -> int:
     return handled
 
 
-def _act(event: WebhookEvent, now: datetime | None) -> str:
+def _act(event: WebhookEvent, now: datetime | None, settings: Settings | None) -> str:
     """Act on one stored event; return what was done."""
     relay = db.session.get(Relay, event.relay_id) if event.relay_id is not None else None
     if relay is None:
@@ -164,7 +167,9 @@ def _act(event: WebhookEvent, now: datetime | None) -> str:
         started = maintenance.start(relay, BY, "MailerSend announced maintenance", now)
         return "maintenance started" if started else "already in maintenance"
     if event.type == MAINTENANCE_END:
-        released = maintenance.end(relay, BY, "MailerSend announced the end of maintenance", now)
+        released = maintenance.end(
+            relay, BY, "MailerSend announced the end of maintenance", now, settings
+        )
         if released is None:
             return "was not in maintenance"
         return f"maintenance ended; {released.held} held, {released.deferred} deferred released"

@@ -41,7 +41,7 @@ from app.config import Settings
 from app.domain import routing
 from app.domain.retry import RetryPolicy
 from app.models import DEFERRED, FAILED, LOGGED, QUEUED, SENT, Relay, utcnow
-from app.services import circuits, maintenance, queue
+from app.services import circuits, drains, maintenance, pause, queue
 from app.services.delivery.message import MessageDelivery, Rules
 from app.services.delivery.relays import RelayChange, RelayState
 from app.services.relays import RelaySnapshot, snapshot
@@ -384,12 +384,16 @@ class Pass:
         """Read what a pass needs of every relay."""
         box = self.settings.secret_box
         with Session(self.engine.database) as session:
-            rows = session.scalars(select(Relay).order_by(Relay.priority, Relay.name))
-            return {relay.id: snapshot(relay, box) for relay in rows}
+            rows = session.scalars(select(Relay).order_by(Relay.priority, Relay.name)).all()
+            paced = drains.rates(session)  # a drain's ramp paces its relay's sends
+            return {relay.id: snapshot(relay, box, paced.get(relay.id)) for relay in rows}
 
     def claim_batch(self, limit: int) -> tuple[list[queue.Claimed], dict[int, RelaySnapshot]]:
-        """Claim up to `limit` due messages; read the relays again for operators' changes."""
+        """Claim up to `limit` due messages (none while delivery is paused); read the relays
+        again for operators' changes."""
         with self.engine.database.begin() as conn:
+            if pause.is_paused(conn):
+                return [], self.snapshots()
             claimed = queue.claim(conn, self.engine.owner, limit, self.lease)
         return claimed, self.snapshots()
 

@@ -13,7 +13,8 @@ from flask import Blueprint, Response, current_app
 
 from app.config import settings_of
 from app.models import utcnow
-from app.services import stats
+from app.services import maintenance, stats
+from app.services.relays import maintenance_reason
 from app.web.overview.chart import bar_chart
 from app.web.render import fragment, page_or_fragment
 
@@ -40,7 +41,15 @@ def _queue() -> dict[str, Any]:
 
 
 def _relays() -> dict[str, Any]:
-    return {"tiles": stats.relay_tiles()}
+    tiles = stats.relay_tiles()
+    # The held count is shown beside a maintenance badge: none to ask for while no relay
+    # is in maintenance.
+    held = (
+        maintenance.held_counts()
+        if any(tile.relay.maintenance_since is not None for tile in tiles)
+        else {}
+    )
+    return {"tiles": tiles, "held": held, "maintenance_of": maintenance_reason}
 
 
 def _failovers() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
+    DateTimeLocalField,
     EmailField,
     Field,
     FloatField,
@@ -26,9 +27,11 @@ from wtforms.validators import (
     Length,
     NumberRange,
     Optional,
+    StopValidation,
     ValidationError,
 )
 
+from app.services.maintenance import MAX_NOTE
 from app.services.relays import MAINTENANCE_POLICIES, PROVIDERS, RelayError
 
 SECURITY_CHOICES = [
@@ -120,6 +123,10 @@ class RelayForm(FlaskForm):
         choices=[SelectChoice(p, POLICY_LABELS.get(p, p)) for p in MAINTENANCE_POLICIES],
         default="reroute",
     )
+    webhook_secret = PasswordField(
+        "Webhook signing secret",
+        validators=[Length(max=256, message="8 to 256 characters without spaces or line breaks.")],
+    )
     breaker_threshold = IntegerField(
         "Failures that open the circuit",
         default=3,
@@ -175,6 +182,7 @@ class RelayForm(FlaskForm):
             "max_per_connection": self.max_per_connection.data,
             "max_rate": self.max_rate.data,
             "maintenance_policy": self.maintenance_policy.data,
+            "webhook_secret": self.webhook_secret.data or None,
             "breaker_threshold": self.breaker_threshold.data,
             "breaker_open_seconds": self.breaker_open_seconds.data,
             "breaker_success_threshold": self.breaker_success_threshold.data,
@@ -226,3 +234,64 @@ class CircuitForm(FlaskForm):
         ],
     )
     submit = SubmitField("Set circuit")
+
+
+def _note_field(label: str = "Note") -> TextAreaField:
+    return TextAreaField(
+        label,
+        filters=[_strip],
+        validators=[
+            DataRequired("Say why: the note is kept with the change."),
+            Length(max=MAX_NOTE, message=f"Keep the note under {MAX_NOTE} characters."),
+        ],
+    )
+
+
+class StartMaintenanceForm(FlaskForm):
+    """Put a relay in maintenance now, with a note saying why."""
+
+    note = _note_field()
+    submit = SubmitField("Start maintenance")
+
+
+class EndMaintenanceForm(FlaskForm):
+    """Take a relay out of maintenance and release its mail, with a note."""
+
+    note = _note_field()
+    submit = SubmitField("End maintenance")
+
+
+class UtcDateTimeField(DateTimeLocalField):
+    """A `datetime-local` input read as naive UTC; blank and unreadable values say so."""
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        if valuelist and not " ".join(str(v) for v in valuelist).strip():
+            self.data = None
+            return
+        super().process_formdata(valuelist)
+
+
+def _time_required(form: FlaskForm, field: Field) -> None:
+    if field.data is None and not field.process_errors:
+        raise StopValidation("Give a date and time (UTC).")
+
+
+UNREADABLE_TIME = "Not a date and time: pick one, or write it as 2025-06-01T14:00 (UTC)."
+
+
+class PlanMaintenanceForm(FlaskForm):
+    """Plan a maintenance window; the times are UTC."""
+
+    starts_at = UtcDateTimeField(
+        "Starts (UTC)", validators=[_time_required], invalid_value_message=UNREADABLE_TIME
+    )
+    ends_at = UtcDateTimeField(
+        "Ends (UTC)", validators=[_time_required], invalid_value_message=UNREADABLE_TIME
+    )
+    note = _note_field()
+    submit = SubmitField("Plan window")
+
+    def add_service_error(self, error: Exception) -> None:
+        """Show the maintenance service's refusal above the form."""
+        message = str(error)
+        self.form_errors.append(message[:1].upper() + message[1:] + ".")

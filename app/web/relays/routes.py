@@ -1,4 +1,5 @@
-"""The relays area: the live table, add and edit, test, order, enable, delete, circuits."""
+"""The relays area: the live table, add and edit, test, order, enable, delete, circuits,
+maintenance (now, and planned windows)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,18 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from app.config import settings_of
+from app.db import db
 from app.domain import mime
-from app.models import PRIORITIES, Relay
-from app.services import health, queue, relays
-from app.web.relays.forms import CircuitForm, RelayForm, SendTestForm
+from app.models import PRIORITIES, MaintenanceWindow, Relay
+from app.services import health, maintenance, queue, relays
+from app.web.relays.forms import (
+    CircuitForm,
+    EndMaintenanceForm,
+    PlanMaintenanceForm,
+    RelayForm,
+    SendTestForm,
+    StartMaintenanceForm,
+)
 from app.web.render import flash_trigger, fragment, htmx, page_or_fragment
 
 bp = Blueprint("relays", __name__, url_prefix="/relays")
@@ -35,12 +44,26 @@ def _relay(relay_id: int) -> Relay:
     return relay
 
 
+def _held_for(shown: list[Relay]) -> dict[int, int]:
+    """Count the mail held for each relay, shown beside its maintenance badge.
+
+    The polled table shows the count with the badge, so it asks for none while no relay
+    is in maintenance (the relay's own page always shows it).
+    """
+    if not any(relay.maintenance_since is not None for relay in shown):
+        return {}
+    return maintenance.held_counts()
+
+
 def _table() -> dict[str, Any]:
     """Return what the table shows: relays in order, last hour's numbers, last checks."""
+    shown = relays.ordered()
     return {
-        "relays": relays.ordered(),
+        "relays": shown,
         "stats": relays.stats_last_hour(),
         "health": relays.last_health(),
+        "held": _held_for(shown),
+        "maintenance_of": relays.maintenance_reason,
     }
 
 
@@ -156,19 +179,41 @@ def edit(relay_id: int) -> Response | str:
 # -- one relay --------------------------------------------------------------------------
 
 
+def _maintenance(relay: Relay) -> dict[str, Any]:
+    """Return what the relay page's live maintenance panel shows."""
+    return {
+        "relay": relay,
+        "held_here": maintenance.held_counts().get(relay.id, 0),
+        "windows": [w for w in maintenance.windows() if w.relay_id == relay.id],
+        "maintenance_of": relays.maintenance_reason,
+    }
+
+
 def _detail(
-    relay: Relay, send_form: SendTestForm | None = None, circuit_form: CircuitForm | None = None
+    relay: Relay,
+    send_form: SendTestForm | None = None,
+    circuit_form: CircuitForm | None = None,
+    maintenance_form: StartMaintenanceForm | EndMaintenanceForm | None = None,
+    plan_form: PlanMaintenanceForm | None = None,
 ) -> str:
     if circuit_form is None:
         circuit_form = CircuitForm()
         circuit_form.state.data = "closed" if relay.circuit_state == "open" else "open"
+    if maintenance_form is None:
+        in_maintenance = relay.maintenance_since is not None
+        maintenance_form = (EndMaintenanceForm if in_maintenance else StartMaintenanceForm)(
+            prefix="maintenance"
+        )
     return render_template(
         "relays/detail.html",
-        relay=relay,
         checks=health.history(relay, 20),
         expected=health.expected_steps(relay),
         send_form=send_form or SendTestForm(),
         circuit_form=circuit_form,
+        maintenance_form=maintenance_form,
+        ends_maintenance=isinstance(maintenance_form, EndMaintenanceForm),
+        plan_form=plan_form or PlanMaintenanceForm(prefix="plan"),
+        **_maintenance(relay),
     )
 
 
@@ -270,3 +315,127 @@ def circuit(relay_id: int) -> Response | str:
     category = "warning" if relay.circuit_state == "open" else "success"
     flash(f"Circuit of {relay.name} forced {relay.circuit_state}.", category)
     return redirect(url_for(".detail", relay_id=relay.id))
+
+
+# -- maintenance ------------------------------------------------------------------------
+
+
+def _by() -> str:
+    """Name the signed-in operator as maintenance records name who did it."""
+    return f"operator {current_user.email}"[:128]
+
+
+def _back_to(relay: Relay) -> Response:
+    return redirect(url_for(".detail", relay_id=relay.id))
+
+
+@bp.get("/<int:relay_id>/maintenance")
+def maintenance_panel(relay_id: int) -> Response:
+    """Return the relay page's maintenance panel alone (polled)."""
+    return fragment("relays/_maintenance.html", **_maintenance(_relay(relay_id)))
+
+
+@bp.post("/<int:relay_id>/maintenance/start")
+def start_maintenance(relay_id: int) -> Response | str:
+    """Put the relay in maintenance now, with a note."""
+    relay = _relay(relay_id)
+    form = StartMaintenanceForm(prefix="maintenance")
+    if not form.validate_on_submit():
+        return _detail(relay, maintenance_form=form)
+    try:
+        started = maintenance.start(relay, _by(), form.note.data)
+    except maintenance.MaintenanceError as exc:
+        form.note.errors = [*form.note.errors, f"{str(exc)[:1].upper()}{str(exc)[1:]}."]
+        return _detail(relay, maintenance_form=form)
+    if not started:
+        flash(
+            f"{relay.name} is already in maintenance, {relays.maintenance_reason(relay)}.", "info"
+        )
+    elif relay.maintenance_policy == "hold":
+        flash(
+            f"{relay.name} is in maintenance: nothing is sent through it, "
+            "and the mail that would go through it first is held until it ends.",
+            "warning",
+        )
+    else:
+        flash(
+            f"{relay.name} is in maintenance: nothing is sent through it; "
+            "its mail goes through the next relay.",
+            "warning",
+        )
+    return _back_to(relay)
+
+
+@bp.post("/<int:relay_id>/maintenance/end")
+def end_maintenance(relay_id: int) -> Response | str:
+    """Take the relay out of maintenance, with a note, and release the mail waiting for it."""
+    relay = _relay(relay_id)
+    form = EndMaintenanceForm(prefix="maintenance")
+    if not form.validate_on_submit():
+        return _detail(relay, maintenance_form=form)
+    try:
+        released = maintenance.end(relay, _by(), form.note.data, settings=settings_of(current_app))
+    except maintenance.MaintenanceError as exc:
+        form.note.errors = [*form.note.errors, f"{str(exc)[:1].upper()}{str(exc)[1:]}."]
+        return _detail(relay, maintenance_form=form)
+    if released is None:
+        flash(f"{relay.name} was not in maintenance.", "info")
+    elif released.total:
+        flash(
+            f"Maintenance of {relay.name} ended: {released.held} held and "
+            f"{released.deferred} deferred {'message' if released.total == 1 else 'messages'} "
+            f"go out through drain {released.drain_id}, highest priority first, at a pace "
+            "that ramps up.",
+            "success",
+        )
+    else:
+        flash(f"Maintenance of {relay.name} ended: no mail was waiting for it.", "success")
+    return _back_to(relay)
+
+
+@bp.post("/<int:relay_id>/maintenance/plan")
+def plan_maintenance(relay_id: int) -> Response | str:
+    """Plan a maintenance window (UTC times) that starts and ends by itself."""
+    relay = _relay(relay_id)
+    form = PlanMaintenanceForm(prefix="plan")
+    if not form.validate_on_submit():
+        return _detail(relay, plan_form=form)
+    assert form.starts_at.data is not None and form.ends_at.data is not None  # validated
+    try:
+        window = maintenance.plan(
+            relay, form.starts_at.data, form.ends_at.data, _by(), form.note.data
+        )
+    except maintenance.MaintenanceError as exc:
+        form.add_service_error(exc)
+        return _detail(relay, plan_form=form)
+    flash(
+        f"Maintenance of {relay.name} planned from {window.starts_at:%Y-%m-%d %H:%M} "
+        f"to {window.ends_at:%Y-%m-%d %H:%M} UTC.",
+        "success",
+    )
+    return _back_to(relay)
+
+
+@bp.post("/<int:relay_id>/maintenance/windows/<int:window_id>/cancel")
+def cancel_window(relay_id: int, window_id: int) -> Response:
+    """Cancel a planned window; cancelling one under way ends the maintenance it started."""
+    relay = _relay(relay_id)
+    window = db.session.get(MaintenanceWindow, window_id)
+    if window is None or window.relay_id != relay.id:
+        abort(404)
+    was = window.state
+    try:
+        maintenance.cancel_plan(window, _by(), settings=settings_of(current_app))
+    except maintenance.MaintenanceError as exc:
+        flash(f"Not cancelled: {exc}.", "error")
+        return _back_to(relay)
+    span = f"{window.starts_at:%Y-%m-%d %H:%M} to {window.ends_at:%Y-%m-%d %H:%M} UTC"
+    if was == maintenance.ACTIVE:
+        flash(
+            f"Cancelled the window under way ({span}): {relay.name} is out of maintenance "
+            "and the mail waiting for it is released.",
+            "success",
+        )
+    else:
+        flash(f"Cancelled the maintenance of {relay.name} planned for {span}.", "success")
+    return _back_to(relay)

@@ -1,0 +1,378 @@
+"""Drains: the paced release of a backlog of held mail, highest priority first.
+
+A drain takes its messages (held, and deferred for its relay) and keeps them held; every
+second `pace` releases as many as its ramp allows since it started (app/domain/ramp.py),
+by priority then age, to the queue, where passes claim them in that order. While a
+drain runs for a relay, passes also space that relay's sends at the ramp's current rate
+(`rates`), so sends stay under the ramp between two releases. A pause stops the ramp's
+clock; a cancel leaves the rest held, to be released again. The counts come from the
+messages themselves, so they are true whichever process sent them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import Session
+
+from app import logs
+from app.config import Settings
+from app.db import db
+from app.domain.ramp import Ramp
+from app.models import (
+    DEFERRED,
+    FAILED,
+    HELD,
+    QUEUED,
+    SENDING,
+    SENT,
+    Drain,
+    Event,
+    Message,
+    Relay,
+    utcnow,
+)
+
+log = logs.get("drains")
+
+RUNNING, PAUSED, CANCELLED, DONE = "running", "paused", "cancelled", "done"
+ACTIVE = (RUNNING, PAUSED)
+
+
+class DrainError(ValueError):
+    """A drain cannot change as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a drain stands."""
+
+    backlog: int
+    released: int
+    sent: int
+    failed: int
+    remaining: int  # not yet ended: held, queued, sending or deferred
+    rate: float  # messages per second the ramp allows now (0 when not running)
+    eta_seconds: float | None  # at the ramp's pace, for the messages not yet released
+    duration_seconds: float  # since it started, or how long it took
+
+    @property
+    def percent(self) -> int:
+        done = self.sent + self.failed
+        return 100 if not self.backlog else min(100, round(100 * done / self.backlog))
+
+
+def ramp_of(drain: Drain) -> Ramp:
+    return Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
+
+
+def elapsed(drain: Drain, now: datetime) -> float:
+    """Seconds the drain has run, pauses excluded."""
+    running = (now - drain.resumed_at).total_seconds() if drain.resumed_at else 0.0
+    return drain.run_seconds + max(0.0, running if drain.state == RUNNING else 0.0)
+
+
+def ramp_for(settings: Settings | None, relay: Relay | None) -> Ramp:
+    """Return the ramp the settings give (the defaults without them), up to the relay's max
+    rate when it has one."""
+    maximum = relay.max_rate if relay is not None else None
+    if settings is None:
+        return Ramp(maximum=maximum)
+    return Ramp(settings.drain_initial_rate, settings.drain_growth, settings.drain_step, maximum)
+
+
+def start(
+    which: ColumnElement[bool],
+    *,
+    ramp: Ramp,
+    by: str,
+    reason: str,
+    relay: Relay | None = None,
+    now: datetime | None = None,
+    commit: bool = True,
+) -> Drain | None:
+    """Start a drain of the held (and deferred) messages `which` selects; None if there are
+    none. `commit=False` leaves the transaction to the caller."""
+    now = now or utcnow()
+    drain = Drain(
+        relay_id=relay.id if relay else None,
+        reason=reason,
+        created_by=by,
+        state=RUNNING,
+        initial_rate=ramp.initial,
+        factor=ramp.factor,
+        step_seconds=ramp.step,
+        max_rate=ramp.maximum,
+        started_at=now,
+        resumed_at=now,
+        run_seconds=0.0,
+        backlog=0,
+        released=0,
+    )
+    db.session.add(drain)
+    db.session.flush()
+    taken = db.session.execute(
+        update(Message)
+        .where(which, Message.status.in_((HELD, DEFERRED)))
+        .values(status=HELD, next_attempt_at=None, drain_id=drain.id, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    drain.backlog = int(getattr(taken, "rowcount", 0) or 0)
+    if not drain.backlog:
+        db.session.delete(drain)
+        db.session.flush()
+        return None
+    where = f" for {relay.name}" if relay else ""
+    db.session.add(
+        Event(
+            at=now,
+            type="drain_started",
+            relay_id=drain.relay_id,
+            detail=f"drain {drain.id}{where} started by {by}: {drain.backlog} message(s); {reason}",
+            data={"drain": drain.id, "by": by, "backlog": drain.backlog},
+        )
+    )
+    if commit:
+        db.session.commit()
+    log.info(
+        "drain started",
+        extra={
+            "drain": drain.id,
+            "relay": relay.name if relay else None,
+            "by": by,
+            "backlog": drain.backlog,
+            "initial_rate": drain.initial_rate,
+        },
+    )
+    return drain
+
+
+def pace(now: datetime | None = None) -> int:
+    """Release what each running drain's ramp allows by now; finish drains that are done.
+
+    Return how many messages were released. Safe in several processes at once: a drain's
+    `released` count is moved only from the value this call read.
+    """
+    now = now or utcnow()
+    total = 0
+    for drain in db.session.scalars(select(Drain).where(Drain.state == RUNNING)).all():
+        due = ramp_of(drain).allowance(elapsed(drain, now)) - drain.released
+        if due > 0:
+            total += _release(drain, due, now)
+        _finish_if_done(drain, now)
+    return total
+
+
+def _release(drain: Drain, count: int, now: datetime) -> int:
+    ids = list(
+        db.session.scalars(
+            select(Message.id)
+            .where(Message.drain_id == drain.id, Message.status == HELD)
+            .order_by(Message.priority, Message.created_at, Message.id)
+            .limit(count)
+        )
+    )
+    if not ids:
+        return 0
+    moved = db.session.execute(
+        update(Drain)
+        .where(Drain.id == drain.id, Drain.released == drain.released, Drain.state == RUNNING)
+        .values(released=Drain.released + len(ids))
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(moved, "rowcount", 0):
+        db.session.rollback()  # another process released this step
+        return 0
+    db.session.execute(
+        update(Message)
+        .where(Message.id.in_(ids), Message.status == HELD)
+        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    db.session.refresh(drain)
+    return len(ids)
+
+
+def counts(drain_id: int) -> dict[str, int]:
+    """Return how many of a drain's messages are in each status."""
+    rows = db.session.execute(
+        select(Message.status, func.count())
+        .where(Message.drain_id == drain_id)
+        .group_by(Message.status)
+    )
+    return {status: int(n) for status, n in rows}
+
+
+def _finish_if_done(drain: Drain, now: datetime) -> None:
+    by_status = counts(drain.id)
+    if any(by_status.get(s) for s in (HELD, QUEUED, SENDING)):
+        return
+    done = db.session.execute(
+        update(Drain)
+        .where(Drain.id == drain.id, Drain.state == RUNNING)
+        .values(state=DONE, ended_at=now, run_seconds=elapsed(drain, now), resumed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(done, "rowcount", 0):
+        db.session.rollback()
+        return
+    seconds = (now - drain.started_at).total_seconds()
+    sent, failed = by_status.get(SENT, 0), by_status.get(FAILED, 0)
+    deferred = by_status.get(DEFERRED, 0)
+    db.session.add(
+        Event(
+            at=now,
+            type="drain_finished",
+            relay_id=drain.relay_id,
+            detail=(
+                f"drain {drain.id} finished in {seconds:.0f} s: {sent} sent, {failed} failed"
+                + (f", {deferred} deferred (retried later)" if deferred else "")
+            ),
+            data={"drain": drain.id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
+        )
+    )
+    db.session.commit()
+    log.info(
+        "drain finished",
+        extra={"drain": drain.id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
+    )
+
+
+def rates(session: Session, now: datetime | None = None) -> dict[int, float]:
+    """Return the ramp's current rate of each relay a drain is running for."""
+    now = now or utcnow()
+    running = session.scalars(
+        select(Drain).where(Drain.state == RUNNING, Drain.relay_id.is_not(None))
+    ).all()
+    found: dict[int, float] = {}
+    for drain in running:
+        if drain.relay_id is not None:
+            rate = ramp_of(drain).rate(elapsed(drain, now))
+            found[drain.relay_id] = min(rate, found.get(drain.relay_id, rate))
+    return found
+
+
+def waiting() -> int:
+    """Return how many messages running drains have yet to release."""
+    return int(
+        db.session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .join(Drain, Drain.id == Message.drain_id)
+            .where(Drain.state == RUNNING, Message.status == HELD)
+        )
+        or 0
+    )
+
+
+# -- an operator's hand -------------------------------------------------------------------
+
+
+def _event(drain: Drain, kind: str, detail: str, by: str, now: datetime) -> None:
+    db.session.add(
+        Event(
+            at=now,
+            type=kind,
+            relay_id=drain.relay_id,
+            detail=detail,
+            data={"drain": drain.id, "by": by},
+        )
+    )
+
+
+def pause(drain: Drain, by: str, now: datetime | None = None) -> None:
+    """Stop releasing; the ramp's clock stops too."""
+    now = now or utcnow()
+    if drain.state != RUNNING:
+        raise DrainError(f"drain {drain.id} is {drain.state}, not running")
+    drain.run_seconds = elapsed(drain, now)
+    drain.resumed_at = None
+    drain.state = PAUSED
+    _event(drain, "drain_paused", f"drain {drain.id} paused by {by}", by, now)
+    db.session.commit()
+    log.info("drain paused", extra={"drain": drain.id, "by": by})
+
+
+def resume(drain: Drain, by: str, now: datetime | None = None) -> None:
+    """Release again, from where the ramp stood."""
+    now = now or utcnow()
+    if drain.state != PAUSED:
+        raise DrainError(f"drain {drain.id} is {drain.state}, not paused")
+    drain.state, drain.resumed_at = RUNNING, now
+    _event(drain, "drain_resumed", f"drain {drain.id} resumed by {by}", by, now)
+    db.session.commit()
+    log.info("drain resumed", extra={"drain": drain.id, "by": by})
+
+
+def cancel(drain: Drain, by: str, now: datetime | None = None) -> int:
+    """Stop the drain for good; what it had not released stays held. Return how many."""
+    now = now or utcnow()
+    if drain.state not in ACTIVE:
+        raise DrainError(f"drain {drain.id} is {drain.state} already")
+    kept = db.session.execute(
+        update(Message)
+        .where(Message.drain_id == drain.id, Message.status == HELD)
+        .values(waiting_for_relay_id=drain.relay_id, drain_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    held = int(getattr(kept, "rowcount", 0) or 0)
+    drain.run_seconds, drain.resumed_at = elapsed(drain, now), None
+    drain.state, drain.ended_at = CANCELLED, now
+    detail = f"drain {drain.id} cancelled by {by}; {held} message(s) stay held"
+    _event(drain, "drain_cancelled", detail, by, now)
+    db.session.commit()
+    log.info("drain cancelled", extra={"drain": drain.id, "by": by, "held": held})
+    return held
+
+
+def progress(drain: Drain, now: datetime | None = None) -> Progress:
+    """Return where a drain stands."""
+    now = now or utcnow()
+    by_status = counts(drain.id)
+    ramp, ran = ramp_of(drain), elapsed(drain, now)
+    unreleased = by_status.get(HELD, 0)
+    running = drain.state == RUNNING
+    remaining = sum(by_status.get(s, 0) for s in (HELD, QUEUED, SENDING, DEFERRED))
+    end = drain.ended_at or now
+    return Progress(
+        backlog=drain.backlog,
+        released=drain.released,
+        sent=by_status.get(SENT, 0),
+        failed=by_status.get(FAILED, 0),
+        remaining=remaining,
+        rate=ramp.rate(ran) if running else 0.0,
+        eta_seconds=ramp.seconds_for(unreleased, ran) if running else None,
+        duration_seconds=(end - drain.started_at).total_seconds(),
+    )
+
+
+def listing(limit: int = 20) -> list[Drain]:
+    """Return the running and paused drains, then the latest past ones."""
+    active = list(
+        db.session.scalars(select(Drain).where(Drain.state.in_(ACTIVE)).order_by(Drain.id))
+    )
+    past = list(
+        db.session.scalars(
+            select(Drain).where(Drain.state.not_in(ACTIVE)).order_by(Drain.id.desc()).limit(limit)
+        )
+    )
+    return active + past
+
+
+def get(drain_id: int) -> Drain:
+    drain = db.session.get(Drain, drain_id)
+    if drain is None:
+        raise DrainError(f"no drain {drain_id}")
+    return drain
+
+
+def held_filter(relay_id: int | None = None) -> ColumnElement[bool]:
+    """Select held mail that no running drain owns (all, or held for one relay)."""
+    condition: Any = (Message.status == HELD) & Message.drain_id.is_(None)
+    if relay_id is not None:
+        condition = condition & (Message.waiting_for_relay_id == relay_id)
+    return condition
