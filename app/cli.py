@@ -23,7 +23,7 @@ from app.config import Settings, SettingsError, settings_of
 from app.crypto import SecretUnreadable
 from app.db import db
 from app.models import DEFERRED, QUEUED, MaintenanceWindow, Message, Relay, utcnow
-from app.services import api_keys, drains, maintenance, pause, relays
+from app.services import api_keys, drains, maintenance, pause, relays, suppressions
 from app.services.delivery import DeliveryEngine, PassReport
 from app.transport.smtp import SECURITY_MODES, Timeouts, probe
 
@@ -485,6 +485,44 @@ def drains_release(relay_name: str | None) -> None:
         click.echo("no held mail to release")
         return
     click.echo(f"drain {drain.id}: releasing {drain.backlog} held message(s)")
+
+
+@cli.group("suppressions")
+def suppressions_group() -> None:
+    """Addresses no longer sent to, after a hard bounce."""
+
+
+@suppressions_group.command("list")
+@click.option("--search", help="Part of the address.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@with_appcontext
+def suppressions_list(search: str | None, as_json: bool) -> None:
+    """Show suppressed addresses, newest first."""
+    rows = [
+        {
+            "address": s.address,
+            "reason": s.reason,
+            "source": s.source,
+            "since": s.created_at.isoformat() + "Z",
+        }
+        for s in suppressions.listing(search)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("no suppressed addresses" + (f" matching {search!r}" if search else ""))
+    for r in [] if as_json else rows:
+        click.echo(f"{r['address']}  since {r['since']}  {r['reason']} ({r['source']})")
+
+
+@suppressions_group.command("remove")
+@click.argument("address")
+@with_appcontext
+def suppressions_remove(address: str) -> None:
+    """Lift an address's suppression: mail to it is sent again."""
+    if not suppressions.lift(address, "cli"):
+        raise click.ClickException(f"{address} is not suppressed")
+    click.echo(f"{address.strip().lower()}: suppression lifted")
 
 
 @cli.command("pause")

@@ -214,6 +214,12 @@ class Attempt(db.Model):  # type: ignore[name-defined]
         Index("ix_attempts_message", "message_id"),
         # Per-relay sends and failures over recent minutes (relays table, overview chart).
         Index("ix_attempts_at", "at", "relay_id", "outcome"),
+        Index(
+            "ix_attempts_esp_id",
+            "esp_id",
+            sqlite_where=text("esp_id IS NOT NULL"),
+            postgresql_where=text("esp_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -228,6 +234,8 @@ class Attempt(db.Model):  # type: ignore[name-defined]
     response: Mapped[str | None] = mapped_column(Text)
     recipients: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # The id the relay's 250 reply gave the message ("queued as …"): its webhooks name it.
+    esp_id: Mapped[str | None] = mapped_column(String(255))
 
 
 class Event(db.Model):  # type: ignore[name-defined]
@@ -320,6 +328,20 @@ class WebhookEvent(db.Model):  # type: ignore[name-defined]
     body: Mapped[str] = mapped_column(Text)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime)
     result: Mapped[str | None] = mapped_column(Text)
+
+
+class Suppression(db.Model):  # type: ignore[name-defined]
+    """An address mail is no longer sent to (a hard bounce said it does not exist)."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased
+    reason: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(128), default="")  # e.g. "mailersend webhook"
+    relay_id: Mapped[int | None] = mapped_column(ForeignKey("relays.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class JobLease(db.Model):  # type: ignore[name-defined]

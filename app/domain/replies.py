@@ -60,6 +60,18 @@ class Verdict:
         )
 
 
+_QUEUED_AS = re.compile(
+    r"(?:queued as|\bid[=:])\s*<?([A-Za-z0-9][A-Za-z0-9._@-]{2,200})>?", re.IGNORECASE
+)
+
+
+def queued_id(text: str) -> str | None:
+    """Return the id a relay's 250 gave the message ("250 2.0.0 Ok: queued as ABC123",
+    "250 OK id=ABC123"): what its delivery webhooks later name the message by."""
+    match = _QUEUED_AS.search(text or "")
+    return match.group(1) if match else None
+
+
 def enhanced_status(text: str) -> str | None:
     """Return the RFC 3463 enhanced status code at the start of a reply text, if any."""
     match = _ENHANCED.match(text or "")

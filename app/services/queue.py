@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -170,6 +170,7 @@ class Claimed:
     pinned_relay_id: int | None = None
     unknown_outcomes: int = 0  # earlier attempts whose reply was lost after the final dot
     lease_until: float = 0.0  # time.monotonic() by which the claim's lease surely holds
+    suppressed: dict[str, str] = field(default_factory=dict)  # recipient → why it is suppressed
 
 
 _CLAIM_COLUMNS = (

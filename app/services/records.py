@@ -22,6 +22,7 @@ class AttemptRecord:
     response: str | None = None
     recipients: dict[str, str] | None = None  # refused recipient → the relay's reply
     duration_ms: float = 0.0
+    esp_id: str | None = None  # the id the relay's 250 gave the message
 
     def row(self) -> dict[str, Any]:
         """Return the values of its `attempts` row."""

@@ -28,8 +28,10 @@ from app.models import (
     HealthCheck,
     Message,
     Relay,
+    Switch,
     utcnow,
 )
+from app.services import pause
 from app.services.relays import unusable
 
 OPERATIONAL, DEGRADED, MAINTENANCE, OUTAGE = "operational", "degraded", "maintenance", "outage"
@@ -220,14 +222,32 @@ def has_live_api_key() -> bool:
     return db.session.scalar(live) is not None
 
 
-def overall_state(box: SecretBox, now: datetime | None = None) -> tuple[str, list[str]]:
-    """Return the gateway's state and the reasons for it, judged from relays and the queue.
+@dataclass(frozen=True)
+class State:
+    """The gateway's overall state, the reasons for it, and the global pause while it is on
+    (who paused delivery, since when, and why: pages show them)."""
 
-    The states are operational, degraded, maintenance and outage. Maintenance comes with
-    the maintenance feature (a relay in a provider's maintenance window); until that model
-    exists this function never returns it.
+    state: str
+    reasons: list[str]
+    paused: Switch | None = None
+
+
+def overall_state(box: SecretBox, now: datetime | None = None) -> tuple[str, list[str]]:
+    """Return the gateway's state and the reasons for it (see `current_state`)."""
+    found = current_state(box, now)
+    return found.state, found.reasons
+
+
+def current_state(box: SecretBox, now: datetime | None = None) -> State:
+    """Return the gateway's state, judged from the global pause, relays and the queue.
+
+    The states are operational, degraded, maintenance and outage. While an operator has
+    paused all delivery the state is maintenance (a deliberate stop, not an incident),
+    its first reason says who paused it, since when and why, and the reasons that would
+    hold once delivery resumes follow.
     """
     now = now or utcnow()
+    paused = pause.current()
     relays = [
         RelayCircuit(
             relay.name,
@@ -241,7 +261,22 @@ def overall_state(box: SecretBox, now: datetime | None = None) -> tuple[str, lis
     ]
     depth = queue_depth()
     recent_failures = depth[DEFERRED] > 0 and _failed_since(now - FAILURE_WINDOW)
-    return assess(relays, depth, oldest_queued_age(now), recent_failures)
+    state, reasons = assess(
+        relays,
+        depth,
+        oldest_queued_age(now),
+        recent_failures,
+        paused=pause_reason(paused, now) if paused else None,
+    )
+    return State(state, reasons, paused)
+
+
+def pause_reason(paused: Switch, now: datetime | None = None) -> str:
+    """Say who paused delivery, since when and why."""
+    now = now or utcnow()
+    today = paused.since.date() == now.date()
+    since = f"{paused.since:%H:%M}" if today else f"{paused.since:%Y-%m-%d %H:%M}"
+    return f"delivery paused by {paused.by or 'someone'} since {since} UTC: {paused.note}"
 
 
 def assess(
@@ -249,9 +284,12 @@ def assess(
     depth: Mapping[str, int],
     oldest_age: float | None,
     recent_failures: bool,
+    paused: str | None = None,
 ) -> tuple[str, list[str]]:
     """Judge the state from its inputs; delays are incidents, not footnotes.
 
+    0. Maintenance: `paused` (the reason delivery is paused) is given; the reasons the
+       rules below find follow it.
     1. Outage: no enabled relay has a closed or half-open circuit (none enabled, or every
        enabled one open), so nothing waiting or arriving can be delivered.
     2. Degraded: an enabled relay's circuit is open or half-open; or the oldest waiting
@@ -292,6 +330,8 @@ def assess(
             f"{depth[DEFERRED]} message(s) deferred after delivery failures "
             f"in the last {minutes} minutes"
         )
+    if paused:
+        return MAINTENANCE, [paused, *outage, *degraded]
     if outage:
         return OUTAGE, outage + degraded
     if degraded:

@@ -21,8 +21,8 @@ from app.crypto import SecretBox, SecretUnreadable
 from app.db import db
 from app.domain import providers, webhooks
 from app.domain.webhooks import MAINTENANCE_END, MAINTENANCE_START, WebhookError
-from app.models import Relay, WebhookEvent, utcnow
-from app.services import maintenance
+from app.models import Attempt, Event, Message, Relay, WebhookEvent, utcnow
+from app.services import maintenance, suppressions
 
 log = logs.get("webhooks")
 
@@ -173,8 +173,64 @@ def _act(event: WebhookEvent, now: datetime | None, settings: Settings | None) -
         if released is None:
             return "was not in maintenance"
         return f"maintenance ended; {released.held} held, {released.deferred} deferred released"
-    if not event.type.startswith("activity."):
-        log.info(
-            "webhook of an unknown type stored", extra={"type": event.type, "relay": relay.name}
-        )
+    if event.type.startswith("activity."):
+        return _activity(event, relay, now)
+    log.info("webhook of an unknown type stored", extra={"type": event.type, "relay": relay.name})
     return "stored"
+
+
+def _match(incoming: webhooks.Incoming) -> int | None:
+    """Find our message an activity event is about: by the id the relay's 250 reply gave it
+    (kept on the attempt), else by its Message-ID."""
+    ids = [i for i in (incoming.email_id, incoming.message_id) if i]
+    if not ids:
+        return None
+    found = db.session.scalar(
+        select(Attempt.message_id).where(Attempt.esp_id.in_(ids)).order_by(Attempt.id.desc())
+    )
+    if found is None:
+        candidates = [f"<{i.strip('<>')}>" for i in ids]
+        found = db.session.scalar(select(Message.id).where(Message.message_id.in_(candidates)))
+    return int(found) if found is not None else None
+
+
+def _activity(event: WebhookEvent, relay: Relay, now: datetime | None) -> str:
+    """Attach an activity event to its message's timeline; a hard bounce suppresses."""
+    incoming = webhooks.parse(event.body.encode())
+    kind = incoming.type.removeprefix("activity.")
+    message_id = _match(incoming)
+    detail = f"{relay.name} reports {kind.replace('_', ' ')} for {incoming.email or '?'}"
+    at = now or utcnow()
+    db.session.add(
+        Event(
+            at=at,
+            type=f"esp_{kind}"[:32] if message_id is not None else "esp_unmatched",
+            message_id=message_id,
+            relay_id=relay.id,
+            detail=detail if message_id is not None else f"{detail} (matches no message)",
+            data={
+                "esp_event": incoming.event_id,
+                "email": incoming.email,
+                "email_id": incoming.email_id,
+                "esp_message_id": incoming.message_id,
+                "type": kind,
+            },
+        )
+    )
+    db.session.commit()
+    result = f"attached to message {message_id}" if message_id is not None else "unmatched"
+    if kind == "hard_bounced" and incoming.email:
+        try:
+            new = suppressions.suppress(
+                incoming.email,
+                f"hard bounce reported by {relay.name} on {at:%Y-%m-%d %H:%M} UTC",
+                f"{relay.provider} webhook",
+                relay_id=relay.id,
+                message_id=message_id,
+                now=at,
+            )
+        except ValueError as exc:
+            return f"{result}; not suppressed: {exc}"
+        result += "; address suppressed" if new else "; address already suppressed"
+    log.info("esp event", extra={"type": kind, "relay": relay.name, "mid": message_id})
+    return result

@@ -41,7 +41,7 @@ from app.config import Settings
 from app.domain import routing
 from app.domain.retry import RetryPolicy
 from app.models import DEFERRED, FAILED, LOGGED, QUEUED, SENT, Relay, utcnow
-from app.services import circuits, drains, maintenance, pause, queue
+from app.services import circuits, drains, maintenance, pause, queue, suppressions
 from app.services.delivery.message import MessageDelivery, Rules
 from app.services.delivery.relays import RelayChange, RelayState
 from app.services.relays import RelaySnapshot, snapshot
@@ -395,6 +395,7 @@ class Pass:
             if pause.is_paused(conn):
                 return [], self.snapshots()
             claimed = queue.claim(conn, self.engine.owner, limit, self.lease)
+            suppressions.mark(conn, claimed)
         return claimed, self.snapshots()
 
     def renew_leases(self) -> None:

@@ -20,7 +20,13 @@ from datetime import datetime, timedelta
 from app.domain import providers, routing
 from app.domain.breaker import CircuitState
 from app.domain.judge import Judgement, judge, passed_on
-from app.domain.replies import Verdict, classify_connection_error, classify_reply, enhanced_status
+from app.domain.replies import (
+    Verdict,
+    classify_connection_error,
+    classify_reply,
+    enhanced_status,
+    queued_id,
+)
 from app.domain.retry import RetryPolicy
 from app.models import DEFERRED, FAILED, HELD, LOGGED, QUEUED, SENT, utcnow
 from app.services.delivery.relays import RelayState
@@ -90,11 +96,15 @@ class MessageDelivery:
         relay's policy is `hold`, or when no other relay can take it; otherwise the
         maintenance relay is skipped like any other that cannot take mail now.
         """
+        for recipient, why in self.message.suppressed.items():
+            self.rejected[recipient] = f"suppressed: {why}"
+        if len(self.rejected) == len(self.message.recipients):
+            return self._conclude()  # every recipient is suppressed: nothing to send
         pinned = self.message.pinned_relay_id is not None
         first = routing.first_choice(self.route, pinned=pinned)
         if first is not None and (routing.holds(first) or (pinned and first.maintenance)):
             return self._held(first)
-        to_try = list(self.message.recipients)
+        to_try = [r for r in self.message.recipients if r not in self.rejected]
         skipped: list[str] = []
         previous: RelayState | None = None
         reason = ""
@@ -272,6 +282,7 @@ class MessageDelivery:
                 response=(text or "")[:1000],
                 recipients=refused,
                 duration_ms=duration,
+                esp_id=queued_id(text) if judgement.delivered else None,
             )
         )
         relay.learn(judgement, now, duration)
