@@ -151,6 +151,7 @@ class Settings:
     drain_initial_rate: float = 5.0
     drain_growth: float = 2.0
     drain_step: float = 30.0
+    drain_ramp: bool = True  # off: a drain releases its whole backlog at once
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -208,6 +209,7 @@ class Settings:
             ),
             drain_growth=_env_float(env, "RELAYBOARD_DRAIN_GROWTH", 2.0, minimum=1.0),
             drain_step=_env_float(env, "RELAYBOARD_DRAIN_STEP", 30.0, minimum=0.1),
+            drain_ramp=_env_bool(env, "RELAYBOARD_DRAIN_RAMP", True),
         )
 
     @functools.cached_property

@@ -268,3 +268,30 @@ def test_at_the_workers_cadence_sends_are_spaced_at_the_ramps_rate(
     for start in times:
         in_window = sum(1 for t in times if start <= t < start + 1.0)
         assert in_window <= 10 + 1, (in_window, "sends in one second at a ramp of 10/s")
+
+
+def test_with_the_ramp_off_a_drain_releases_its_whole_backlog_at_once(
+    app: Any, held: list[int]
+) -> None:
+    settings = replace(app.config["RELAYBOARD"], drain_ramp=False)
+    t0 = utcnow()
+    released = maintenance.end(relay("primary"), "cli", now=t0, settings=settings)
+    assert released is not None
+    assert drains.pace(t0 + timedelta(milliseconds=1)) == 6
+    assert drains.rates(db.session, t0) == {}, "nothing paces the relay's sends"
+    queued = db.session.scalars(
+        select(Message).where(Message.status == "queued").order_by(Message.id)
+    ).all()
+    assert len(queued) == 6
+
+
+def test_the_ramp_setting_reads_on_and_off() -> None:
+    from app.config import Settings, SettingsError
+
+    base = {"RELAYBOARD_SECRET_KEY": "k" * 32, "RELAYBOARD_INSTANCE_PATH": "/tmp/rb-ramp"}
+    assert Settings.from_env({**base, "RELAYBOARD_DRAIN_RAMP": "off"}).drain_ramp is False
+    assert Settings.from_env(base).drain_ramp is True
+    with pytest.raises(SettingsError, match="RELAYBOARD_DRAIN_RAMP"):
+        Settings.from_env({**base, "RELAYBOARD_DRAIN_RAMP": "sometimes"})
+    with pytest.raises(SettingsError, match="RELAYBOARD_DRAIN_GROWTH"):
+        Settings.from_env({**base, "RELAYBOARD_DRAIN_GROWTH": "0.5"})

@@ -40,6 +40,7 @@ log = logs.get("drains")
 
 RUNNING, PAUSED, CANCELLED, DONE = "running", "paused", "cancelled", "done"
 ACTIVE = (RUNNING, PAUSED)
+UNLIMITED = 1e9  # messages per second: a ramp that is off
 
 
 class DrainError(ValueError):
@@ -77,10 +78,13 @@ def elapsed(drain: Drain, now: datetime) -> float:
 
 def ramp_for(settings: Settings | None, relay: Relay | None) -> Ramp:
     """Return the ramp the settings give (the defaults without them), up to the relay's max
-    rate when it has one."""
+    rate when it has one; with the ramp off, everything at once (the relay's max rate
+    still holds)."""
     maximum = relay.max_rate if relay is not None else None
     if settings is None:
         return Ramp(maximum=maximum)
+    if not settings.drain_ramp:
+        return Ramp(initial=UNLIMITED, factor=1.0, step=3600.0, maximum=maximum)
     return Ramp(settings.drain_initial_rate, settings.drain_growth, settings.drain_step, maximum)
 
 
@@ -167,34 +171,40 @@ def pace(now: datetime | None = None) -> int:
 
 
 def _release(drain: Drain, count: int, now: datetime) -> int:
-    ids = list(
-        db.session.scalars(
-            select(Message.id)
-            .where(Message.drain_id == drain.id, Message.status == HELD)
-            .order_by(Message.priority, Message.created_at, Message.id)
-            .limit(count)
-        )
+    """Queue the drain's next `count` held messages (by priority, then age); return how many.
+
+    One statement whatever the count (a drain with its ramp off releases its whole backlog
+    at once). The drain's `released` moves only from the value this call read: if another
+    process moved it first, nothing is released here.
+    """
+    nxt = (
+        select(Message.id)
+        .where(Message.drain_id == drain.id, Message.status == HELD)
+        .order_by(Message.priority, Message.created_at, Message.id)
+        .limit(count)
     )
-    if not ids:
+    queued = db.session.execute(
+        update(Message)
+        .where(Message.id.in_(nxt.scalar_subquery()))
+        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    released = int(getattr(queued, "rowcount", 0) or 0)
+    if not released:
+        db.session.rollback()
         return 0
     moved = db.session.execute(
         update(Drain)
         .where(Drain.id == drain.id, Drain.released == drain.released, Drain.state == RUNNING)
-        .values(released=Drain.released + len(ids))
+        .values(released=Drain.released + released)
         .execution_options(synchronize_session=False)
     )
     if not getattr(moved, "rowcount", 0):
         db.session.rollback()  # another process released this step
         return 0
-    db.session.execute(
-        update(Message)
-        .where(Message.id.in_(ids), Message.status == HELD)
-        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
     db.session.commit()
     db.session.refresh(drain)
-    return len(ids)
+    return released
 
 
 def counts(drain_id: int) -> dict[str, int]:
@@ -252,7 +262,8 @@ def rates(session: Session, now: datetime | None = None) -> dict[int, float]:
     for drain in running:
         if drain.relay_id is not None:
             rate = ramp_of(drain).rate(elapsed(drain, now))
-            found[drain.relay_id] = min(rate, found.get(drain.relay_id, rate))
+            if rate < UNLIMITED:  # a ramp that is off paces nothing
+                found[drain.relay_id] = min(rate, found.get(drain.relay_id, rate))
     return found
 
 
