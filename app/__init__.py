@@ -108,6 +108,7 @@ def _register_blueprints(app: Flask) -> None:
     from app.hooks import bp as hooks
     from app.web import init_app as init_web
     from app.web.auth.routes import bp as auth
+    from app.web.drains.routes import bp as drains
     from app.web.events.routes import bp as events
     from app.web.health import bp as health
     from app.web.messages.routes import bp as messages
@@ -117,6 +118,7 @@ def _register_blueprints(app: Flask) -> None:
 
     csrf.exempt(api)  # API keys, not sessions: no cross-site request can carry one
     csrf.exempt(hooks)  # signed by the ESP: a forged request has no valid signature
-    for blueprint in (api, hooks, health, auth, overview, relays, messages, events, settings):
+    areas = (api, hooks, health, auth, overview, relays, drains, messages, events, settings)
+    for blueprint in areas:
         app.register_blueprint(blueprint)
     init_web(app)

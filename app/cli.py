@@ -865,9 +865,7 @@ def drain(quiet: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    waiting = drains.waiting()  # held by running drains, released at their ramps' pace
-    totals: dict[str, int] = {}
-    seconds = 0.0
+    waiting = drains.waiting()  # held by running drains: the pass waits for their ramps
     with click.progressbar(
         length=max(due + waiting, 1), label="delivering", show_pos=True, hidden=quiet
     ) as bar:
@@ -878,23 +876,12 @@ def drain(quiet: bool) -> None:
             bar.update(report.finished - done)
             done = report.finished
 
-        while True:
-            drains.pace()
-            db.session.close()
-            report = engine.run_pass(stop=stop, progress=progress)
-            for field in ("claimed", "sent", "deferred", "failed", "failovers", "released"):
-                totals[field] = totals.get(field, 0) + getattr(report, field)
-            seconds += report.seconds
-            bar.update(report.finished - done)
-            done = 0
-            if report.stopped or stop.is_set() or not drains.waiting():
-                break
-            stop.wait(min(1.0, settings.drain_interval))  # the ramp lets out more soon
+        report = engine.run_pass(stop=stop, progress=progress)
     click.echo(
-        f"claimed {totals['claimed']}: sent {totals['sent']}, deferred {totals['deferred']}, "
-        f"failed {totals['failed']}, failovers {totals['failovers']}"
-        + (f", released {totals['released']} (stopped)" if report.stopped else "")
-        + f" in {seconds:.2f} s"
+        f"claimed {report.claimed}: sent {report.sent}, deferred {report.deferred}, "
+        f"failed {report.failed}, failovers {report.failovers}"
+        + (f", released {report.released} (stopped)" if report.stopped else "")
+        + f" in {report.seconds:.2f} s"
     )
 
 

@@ -269,6 +269,10 @@ class Drain(db.Model):  # type: ignore[name-defined]
     state: Mapped[str] = mapped_column(String(16), default="running")  # paused, cancelled, done
     backlog: Mapped[int] = mapped_column(Integer, default=0)  # messages at the start
     released: Mapped[int] = mapped_column(Integer, default=0)
+    # The ramp's allowance not yet used (capped at its burst), as of `refilled_run`
+    # seconds of running: a token bucket, so a gap in releasing is no burst after it.
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    refilled_run: Mapped[float] = mapped_column(Float, default=0.0)
     initial_rate: Mapped[float] = mapped_column(Float)
     factor: Mapped[float] = mapped_column(Float)
     step_seconds: Mapped[float] = mapped_column(Float)

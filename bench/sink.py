@@ -46,6 +46,7 @@ class Tally:
         self.first: float | None = None
         self.last: float | None = None
         self.ids: list[str] = []
+        self.times: list[float] = []
         self.cpu0 = time.process_time()
 
     def stats(self) -> dict[str, Any]:
@@ -109,6 +110,7 @@ class SinkProtocol(asyncio.Protocol):
         if tally.first is None:
             tally.first = now
         tally.last = now
+        tally.times.append(now)
         tally.messages += 1
         tally.bytes += len(body)
         head = body.split(b"\r\n\r\n", 1)[0]
@@ -153,6 +155,8 @@ async def _serve() -> None:
             return tally.stats()
         if command == "ids":
             return tally.ids
+        if command == "times":
+            return tally.times
         done.set()
         return "bye"
 
@@ -238,6 +242,11 @@ class Sink:
     def message_ids(self) -> list[str]:
         """Every message's Message-ID, in the order received."""
         result: list[str] = self._ask("ids", timeout=60)
+        return result
+
+    def times(self) -> list[float]:
+        """When each message was received (time.time()), in order."""
+        result: list[float] = self._ask("times", timeout=60)
         return result
 
     def stop(self) -> None:

@@ -242,8 +242,10 @@ def test_a_held_backlog_goes_out_in_priority_order_never_above_the_ramp(
 def test_at_the_workers_cadence_sends_are_spaced_at_the_ramps_rate(
     app: Any, smtp_server: Any, add_relay: Any, send: Any
 ) -> None:
-    """Releases every second and a pass every two: the pass spaces its sends, so the
-    two seconds' worth it finds do not go out in one burst."""
+    """Releases every second and a pass every two, as the worker runs them: a gap in
+    releasing is not saved up into a burst (at most the ramp's burst, 4 messages at this
+    rate), and the pass keeps going while the drain holds mail: in any second, at most the
+    ramp's rate plus the relay's sessions (8)."""
     settings = replace(
         app.config["RELAYBOARD"], drain_initial_rate=10, drain_growth=1, drain_step=60
     )
@@ -267,7 +269,7 @@ def test_at_the_workers_cadence_sends_are_spaced_at_the_ramps_rate(
     times = [m.at for m in smtp_server.wait_for(40)]
     for start in times:
         in_window = sum(1 for t in times if start <= t < start + 1.0)
-        assert in_window <= 10 + 1, (in_window, "sends in one second at a ramp of 10/s")
+        assert in_window <= 10 + 8, (in_window, "sends in one second at a ramp of 10/s")
 
 
 def test_with_the_ramp_off_a_drain_releases_its_whole_backlog_at_once(
@@ -278,7 +280,6 @@ def test_with_the_ramp_off_a_drain_releases_its_whole_backlog_at_once(
     released = maintenance.end(relay("primary"), "cli", now=t0, settings=settings)
     assert released is not None
     assert drains.pace(t0 + timedelta(milliseconds=1)) == 6
-    assert drains.rates(db.session, t0) == {}, "nothing paces the relay's sends"
     queued = db.session.scalars(
         select(Message).where(Message.status == "queued").order_by(Message.id)
     ).all()

@@ -402,7 +402,7 @@ def test_the_widgets_run_a_fixed_number_of_queries(
         page(browser_client, path)
         counts[path] = len([s for s in statements if "operators" not in s])
     assert counts == {
-        "/partials/state": 4,  # relays, depth, oldest, a recent failure
+        "/partials/state": 5,  # the pause, relays, depth, oldest, a recent failure
         "/partials/queue": 2,
         "/partials/relays": 2,
         "/partials/failovers": 1,

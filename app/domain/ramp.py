@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+BURST_SECONDS = 0.1
+MIN_BURST = 4.0  # messages: half a relay's sessions by default, so sends stay under rate + sessions
+
 
 @dataclass(frozen=True)
 class Ramp:
@@ -34,21 +37,31 @@ class Ramp:
         rate = self.initial * self.factor ** min(steps, 1000)
         return min(rate, self.maximum) if self.maximum is not None else rate
 
-    def allowance(self, elapsed: float) -> int:
-        """Return how many messages the ramp lets out in its first `elapsed` seconds."""
+    def integral(self, elapsed: float) -> float:
+        """Return how many messages the ramp lets out in its first `elapsed` seconds, as a
+        real number (the integral of its rate)."""
         if elapsed <= 0:
-            return 0
+            return 0.0
         total, start = 0.0, 0.0
         while start < elapsed:
             end = min(elapsed, start + self.step)
             total += self.rate(start) * (end - start)
             if self.maximum is not None and self.rate(start) >= self.maximum:
-                total += self.maximum * (elapsed - end)  # flat from here on
-                break
+                return total + self.maximum * (elapsed - end)  # flat from here on
             if total > 1e12:
-                break
+                return total
             start = end
-        return math.floor(total + 1e-9)
+        return total
+
+    def allowance(self, elapsed: float) -> int:
+        """Return how many whole messages the ramp lets out in its first `elapsed` seconds."""
+        return math.floor(self.integral(elapsed) + 1e-9)
+
+    def burst(self, elapsed: float) -> float:
+        """Return how many messages may go out at once after a pause in releasing: a tenth
+        of a second at the current rate, at least MIN_BURST. Allowance not used within it is
+        not saved up, so a drain never goes above its ramp by more than this."""
+        return max(MIN_BURST, self.rate(elapsed) * BURST_SECONDS)
 
     def seconds_for(self, messages: int, elapsed: float) -> float:
         """Return how many more seconds, from `elapsed`, the ramp needs to let out

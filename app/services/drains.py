@@ -1,22 +1,22 @@
 """Drains: the paced release of a backlog of held mail, highest priority first.
 
-A drain takes its messages (held, and deferred for its relay) and keeps them held; every
-second `pace` releases as many as its ramp allows since it started (app/domain/ramp.py),
-by priority then age, to the queue, where passes claim them in that order. While a
-drain runs for a relay, passes also space that relay's sends at the ramp's current rate
-(`rates`), so sends stay under the ramp between two releases. A pause stops the ramp's
+A drain takes its messages (held, and deferred for its relay) and keeps them held;
+`release_due` lets out as many as its ramp allows since it started (app/domain/ramp.py),
+by priority then age, to the queue, where passes claim them in that order. Delivery
+passes call it before every claim (and keep claiming while a drain still holds mail), so
+the mail goes out as it is let out, in small steps, never above the ramp. A pause stops the ramp's
 clock; a cancel leaves the rest held, to be released again. The counts come from the
 messages themselves, so they are true whichever process sent them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 
 from app import logs
 from app.config import Settings
@@ -155,116 +155,142 @@ def start(
 
 
 def pace(now: datetime | None = None) -> int:
-    """Release what each running drain's ramp allows by now; finish drains that are done.
-
-    Return how many messages were released. Safe in several processes at once: a drain's
-    `released` count is moved only from the value this call read.
-    """
-    now = now or utcnow()
-    total = 0
-    for drain in db.session.scalars(select(Drain).where(Drain.state == RUNNING)).all():
-        due = ramp_of(drain).allowance(elapsed(drain, now)) - drain.released
-        if due > 0:
-            total += _release(drain, due, now)
-        _finish_if_done(drain, now)
-    return total
-
-
-def _release(drain: Drain, count: int, now: datetime) -> int:
-    """Queue the drain's next `count` held messages (by priority, then age); return how many.
-
-    One statement whatever the count (a drain with its ramp off releases its whole backlog
-    at once). The drain's `released` moves only from the value this call read: if another
-    process moved it first, nothing is released here.
-    """
-    nxt = (
-        select(Message.id)
-        .where(Message.drain_id == drain.id, Message.status == HELD)
-        .order_by(Message.priority, Message.created_at, Message.id)
-        .limit(count)
-    )
-    queued = db.session.execute(
-        update(Message)
-        .where(Message.id.in_(nxt.scalar_subquery()))
-        .values(status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    released = int(getattr(queued, "rowcount", 0) or 0)
-    if not released:
-        db.session.rollback()
-        return 0
-    moved = db.session.execute(
-        update(Drain)
-        .where(Drain.id == drain.id, Drain.released == drain.released, Drain.state == RUNNING)
-        .values(released=Drain.released + released)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(moved, "rowcount", 0):
-        db.session.rollback()  # another process released this step
-        return 0
+    """Release what each running drain's ramp allows by now, on the session's connection;
+    finish drains that are done. Return how many messages were released."""
+    released, _ = release_due(db.session.connection(), now or utcnow())
     db.session.commit()
-    db.session.refresh(drain)
     return released
 
 
-def counts(drain_id: int) -> dict[str, int]:
+def release_due(conn: Connection, now: datetime) -> tuple[int, int]:
+    """Release what each running drain's ramp allows by now, finish drains that are done;
+    return (released now, still held by running drains).
+
+    Delivery passes call this before each claim, so a pass keeps going while a drain
+    still holds mail, and sends it as it is let out; the scheduler calls it every second
+    too. Safe in several processes at once: a drain's `released` moves only from the
+    value this call read, or this call releases nothing for it.
+    """
+    released = 0
+    for drain in conn.execute(select(*_PACE_COLUMNS).where(Drain.state == RUNNING)).all():
+        ran = drain.run_seconds + max(0.0, (now - drain.resumed_at).total_seconds())
+        ramp = Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
+        gained = ramp.integral(ran) - ramp.integral(drain.refilled_run)
+        tokens = min(ramp.burst(ran), drain.tokens + max(0.0, gained))
+        released += _release(conn, drain, tokens, ran, now)
+        _finish_if_done(conn, drain.id, drain.relay_id, drain.started_at, ran, now)
+    still = conn.execute(
+        select(func.count())
+        .select_from(Message)
+        .join(Drain, Drain.id == Message.drain_id)
+        .where(Drain.state == RUNNING, Message.status == HELD)
+    ).scalar_one()
+    return released, int(still)
+
+
+_PACE_COLUMNS = (
+    Drain.id,
+    Drain.relay_id,
+    Drain.tokens,
+    Drain.refilled_run,
+    Drain.run_seconds,
+    Drain.resumed_at,
+    Drain.started_at,
+    Drain.initial_rate,
+    Drain.factor,
+    Drain.step_seconds,
+    Drain.max_rate,
+)
+
+
+def _release(conn: Connection, drain: Any, tokens: float, ran: float, now: datetime) -> int:
+    """Queue as many of a drain's held messages as its tokens allow (by priority, then
+    age); keep the rest of the tokens; return how many were queued.
+
+    One statement whatever the count (a drain with its ramp off releases its whole backlog
+    at once), under a savepoint undone if another process refilled the drain first.
+    """
+    count = math.floor(tokens + 1e-9)
+    with conn.begin_nested() as savepoint:
+        queued = 0
+        if count > 0:
+            nxt = (
+                select(Message.id)
+                .where(Message.drain_id == drain.id, Message.status == HELD)
+                .order_by(Message.priority, Message.created_at, Message.id)
+                .limit(count)
+            )
+            queued = conn.execute(
+                update(Message)
+                .where(Message.id.in_(nxt.scalar_subquery()))
+                .values(
+                    status=QUEUED, next_attempt_at=now, waiting_for_relay_id=None, updated_at=now
+                )
+            ).rowcount
+        moved = conn.execute(
+            update(Drain)
+            .where(
+                Drain.id == drain.id,
+                Drain.refilled_run == drain.refilled_run,
+                Drain.state == RUNNING,
+            )
+            .values(released=Drain.released + queued, tokens=tokens - queued, refilled_run=ran)
+        ).rowcount
+        if not moved:
+            savepoint.rollback()  # another process refilled it meanwhile: its turn
+            return 0
+    return int(queued)
+
+
+def counts(drain_id: int, conn: Connection | None = None) -> dict[str, int]:
     """Return how many of a drain's messages are in each status."""
-    rows = db.session.execute(
+    query = (
         select(Message.status, func.count())
         .where(Message.drain_id == drain_id)
         .group_by(Message.status)
     )
+    rows = (conn or db.session).execute(query)
     return {status: int(n) for status, n in rows}
 
 
-def _finish_if_done(drain: Drain, now: datetime) -> None:
-    by_status = counts(drain.id)
+def _finish_if_done(
+    conn: Connection,
+    drain_id: int,
+    relay_id: int | None,
+    started_at: datetime,
+    ran: float,
+    now: datetime,
+) -> None:
+    """Mark a drain done once none of its mail is held, queued or being sent."""
+    by_status = counts(drain_id, conn)
     if any(by_status.get(s) for s in (HELD, QUEUED, SENDING)):
         return
-    done = db.session.execute(
+    done = conn.execute(
         update(Drain)
-        .where(Drain.id == drain.id, Drain.state == RUNNING)
-        .values(state=DONE, ended_at=now, run_seconds=elapsed(drain, now), resumed_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    if not getattr(done, "rowcount", 0):
-        db.session.rollback()
+        .where(Drain.id == drain_id, Drain.state == RUNNING)
+        .values(state=DONE, ended_at=now, run_seconds=ran, resumed_at=None)
+    ).rowcount
+    if not done:
         return
-    seconds = (now - drain.started_at).total_seconds()
+    seconds = (now - started_at).total_seconds()
     sent, failed = by_status.get(SENT, 0), by_status.get(FAILED, 0)
     deferred = by_status.get(DEFERRED, 0)
-    db.session.add(
-        Event(
+    conn.execute(
+        insert(Event).values(
             at=now,
             type="drain_finished",
-            relay_id=drain.relay_id,
+            relay_id=relay_id,
             detail=(
-                f"drain {drain.id} finished in {seconds:.0f} s: {sent} sent, {failed} failed"
+                f"drain {drain_id} finished in {seconds:.0f} s: {sent} sent, {failed} failed"
                 + (f", {deferred} deferred (retried later)" if deferred else "")
             ),
-            data={"drain": drain.id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
+            data={"drain": drain_id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
         )
     )
-    db.session.commit()
     log.info(
         "drain finished",
-        extra={"drain": drain.id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
+        extra={"drain": drain_id, "seconds": round(seconds, 1), "sent": sent, "failed": failed},
     )
-
-
-def rates(session: Session, now: datetime | None = None) -> dict[int, float]:
-    """Return the ramp's current rate of each relay a drain is running for."""
-    now = now or utcnow()
-    running = session.scalars(
-        select(Drain).where(Drain.state == RUNNING, Drain.relay_id.is_not(None))
-    ).all()
-    found: dict[int, float] = {}
-    for drain in running:
-        if drain.relay_id is not None:
-            rate = ramp_of(drain).rate(elapsed(drain, now))
-            if rate < UNLIMITED:  # a ramp that is off paces nothing
-                found[drain.relay_id] = min(rate, found.get(drain.relay_id, rate))
-    return found
 
 
 def waiting() -> int:

@@ -332,8 +332,15 @@ def finish(conn: Connection, owner: str, outcomes: list[Outcome]) -> int:
 
 
 def _unhold_if_over(conn: Connection, ids: list[int], now: datetime) -> None:
-    """Queue again the messages just held for a relay whose maintenance ended meanwhile
-    (its end released what was held before; these came after)."""
+    """Take messages just held out of the drain that released them (they wait for the
+    relay's next end of maintenance), and queue again those held for a relay whose
+    maintenance ended meanwhile (its end released what was held before; these came after)."""
+    conn.execute(
+        update(Message)
+        .where(Message.id.in_(ids), Message.status == HELD, Message.drain_id.is_not(None))
+        .values(drain_id=None)
+        .execution_options(synchronize_session=False)
+    )
     over = select(Relay.id).where(Relay.maintenance_since.is_(None))
     conn.execute(
         update(Message)

@@ -212,9 +212,8 @@ _UNREADABLE_PASSWORD = (
 )
 
 
-def snapshot(relay: Relay, box: SecretBox, drain_rate: float | None = None) -> RelaySnapshot:
-    """Return a delivery pass's read-only view of a relay; a running drain's ramp rate,
-    when lower, paces its sends instead of its own max rate."""
+def snapshot(relay: Relay, box: SecretBox) -> RelaySnapshot:
+    """Return a delivery pass's read-only view of a relay."""
     try:
         reach, why_not = endpoint(relay, box), None
     except SecretUnreadable:
@@ -226,9 +225,7 @@ def snapshot(relay: Relay, box: SecretBox, drain_rate: float | None = None) -> R
         weight=relay.weight,
         enabled=relay.enabled,
         provider=relay.provider,
-        max_rate=min(r for r in (relay.max_rate, drain_rate) if r)
-        if relay.max_rate or drain_rate
-        else None,
+        max_rate=relay.max_rate,
         policy=policy_of(relay),
         circuit=circuit_of(relay),
         circuit_changed_at=relay.circuit_changed_at,

@@ -28,6 +28,8 @@ def upgrade():
         sa.Column('state', sa.String(length=16), nullable=False),
         sa.Column('backlog', sa.Integer(), nullable=False),
         sa.Column('released', sa.Integer(), nullable=False),
+        sa.Column('tokens', sa.Float(), nullable=False),
+        sa.Column('refilled_run', sa.Float(), nullable=False),
         sa.Column('initial_rate', sa.Float(), nullable=False),
         sa.Column('factor', sa.Float(), nullable=False),
         sa.Column('step_seconds', sa.Float(), nullable=False),

@@ -154,6 +154,7 @@ class Pass:
     sending: bool = True  # False once the senders are done: the recorder may end
     grace_until: float = 0.0  # time.monotonic() by which messages in flight must end
     renewed_until: float = 0.0  # time.monotonic() by which our leases surely hold
+    drains_waiting: int = 0  # messages running drains still hold: the pass waits for them
     _order: list[RelayState] | None = None
     _busy: int = 0
 
@@ -199,8 +200,9 @@ class Pass:
         claimed, fresh = self.claim_batch(want)
         self.adopt(fresh)
         if not claimed:
-            if self._busy == 0 and self.inbox.empty() and not self.results:
-                return False  # nothing due, nothing in flight: the pass is done
+            idle = self._busy == 0 and self.inbox.empty() and not self.results
+            if idle and not self.drains_waiting:
+                return False  # nothing due, nothing in flight, no drain to wait for: done
             await asyncio.sleep(RECORD_EVERY_SECONDS)
             return True
         self.report.claimed += len(claimed)
@@ -209,6 +211,8 @@ class Pass:
                 self.unattempted.append(message.id)
             else:
                 await self.inbox.put(message)  # waits while the inbox is full
+        if len(claimed) < want:  # all that is due now: let the senders run before looking again
+            await asyncio.sleep(RECORD_EVERY_SECONDS)
         return True
 
     async def sender(self) -> None:
@@ -385,15 +389,16 @@ class Pass:
         box = self.settings.secret_box
         with Session(self.engine.database) as session:
             rows = session.scalars(select(Relay).order_by(Relay.priority, Relay.name)).all()
-            paced = drains.rates(session)  # a drain's ramp paces its relay's sends
-            return {relay.id: snapshot(relay, box, paced.get(relay.id)) for relay in rows}
+            return {relay.id: snapshot(relay, box) for relay in rows}
 
     def claim_batch(self, limit: int) -> tuple[list[queue.Claimed], dict[int, RelaySnapshot]]:
-        """Claim up to `limit` due messages (none while delivery is paused); read the relays
-        again for operators' changes."""
+        """Let out what running drains' ramps allow, then claim up to `limit` due messages
+        (none while delivery is paused); read the relays again for operators' changes."""
         with self.engine.database.begin() as conn:
             if pause.is_paused(conn):
+                self.drains_waiting = 0
                 return [], self.snapshots()
+            _, self.drains_waiting = drains.release_due(conn, utcnow())
             claimed = queue.claim(conn, self.engine.owner, limit, self.lease)
             suppressions.mark(conn, claimed)
         return claimed, self.snapshots()

@@ -1,4 +1,5 @@
-"""The overview: the gateway's honest state, queue, relays, failovers and throughput, live.
+"""The overview: the gateway's honest state, running drains, queue, relays, failovers and
+throughput, live; and the global pause of delivery.
 
 The page includes one partial per widget; each partial is also served alone, for htmx to
 poll, by its own endpoint under /partials/.
@@ -9,13 +10,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
 
 from app.config import settings_of
 from app.models import utcnow
-from app.services import maintenance, stats
+from app.services import drains, maintenance, pause, stats
 from app.services.relays import maintenance_reason
 from app.web.overview.chart import bar_chart
+from app.web.overview.forms import PauseForm
 from app.web.render import fragment, page_or_fragment
 
 bp = Blueprint("overview", __name__)
@@ -27,8 +31,20 @@ RATE_WINDOW = timedelta(minutes=5)
 
 
 def _state() -> dict[str, Any]:
-    state, reasons = stats.overall_state(settings_of(current_app).secret_box)
-    return {"state": state, "reasons": reasons}
+    found = stats.current_state(settings_of(current_app).secret_box)
+    line = stats.pause_reason(found.paused) if found.paused else None
+    return {
+        "state": found.state,
+        "reasons": found.reasons,
+        "paused": found.paused,
+        "pause_line": line[:1].upper() + line[1:] if line else None,
+    }
+
+
+def _drains() -> dict[str, Any]:
+    # The running and paused drains alone: nothing past.
+    running = [(drain, drains.progress(drain)) for drain in drains.listing(limit=0)]
+    return {"running": running, "span": stats.span, "unlimited": drains.UNLIMITED}
 
 
 def _queue() -> dict[str, Any]:
@@ -68,6 +84,7 @@ def _chart() -> dict[str, Any]:
 
 WIDGETS = {
     "state": ("overview/_state.html", _state),
+    "drains": ("overview/_drains.html", _drains),
     "queue": ("overview/_queue.html", _queue),
     "relays": ("overview/_relays.html", _relays),
     "failovers": ("overview/_failovers.html", _failovers),
@@ -79,14 +96,19 @@ def _polling() -> dict[str, Any]:
     return {"poll_ms": POLL_MS, "chart_poll_ms": CHART_POLL_MS, "rendered_at": utcnow()}
 
 
-@bp.get("/")
-def index() -> Response:
-    """Show the overview: every widget, each refreshing itself."""
+def _context(pause_form: PauseForm | None = None) -> dict[str, Any]:
     context = _polling()
     for _, build in WIDGETS.values():
         context.update(build())
     context["has_api_key"] = stats.has_live_api_key()
-    return page_or_fragment("overview/index.html", "overview/_widgets.html", **context)
+    context["pause_form"] = pause_form or PauseForm(prefix="pause")
+    return context
+
+
+@bp.get("/")
+def index() -> Response:
+    """Show the overview: every widget, each refreshing itself."""
+    return page_or_fragment("overview/index.html", "overview/_widgets.html", **_context())
 
 
 def _partial(name: str) -> Response:
@@ -98,6 +120,12 @@ def _partial(name: str) -> Response:
 def state() -> Response:
     """Return the state banner alone."""
     return _partial("state")
+
+
+@bp.get("/partials/drains")
+def drains_partial() -> Response:
+    """Return the running drains alone."""
+    return _partial("drains")
 
 
 @bp.get("/partials/queue")
@@ -122,3 +150,45 @@ def failovers() -> Response:
 def chart() -> Response:
     """Return the throughput chart alone."""
     return _partial("chart")
+
+
+# -- the global pause ---------------------------------------------------------------------
+
+
+def _by() -> str:
+    """Name the signed-in operator as the pause records name who did it."""
+    return f"operator {current_user.email}"[:128]
+
+
+@bp.post("/delivery/pause")
+def pause_delivery() -> ResponseReturnValue:
+    """Pause all delivery, with a note shown to everyone while it lasts."""
+    form = PauseForm(prefix="pause")
+    if not form.validate_on_submit():
+        return render_template("overview/index.html", **_context(form))
+    try:
+        changed = pause.pause(_by(), form.note.data)
+    except pause.PauseError as exc:
+        form.note.errors = [*form.note.errors, f"{str(exc)[:1].upper()}{str(exc)[1:]}."]
+        return render_template("overview/index.html", **_context(form))
+    if changed:
+        flash(
+            "Delivery paused: no mail goes out until it is resumed. "
+            "Queued mail waits; nothing is rewritten.",
+            "warning",
+        )
+    else:
+        paused = pause.current()
+        line = stats.pause_reason(paused) if paused else "delivery is paused"
+        flash(f"Nothing changed: {line}.", "info")
+    return redirect(url_for(".index"))
+
+
+@bp.post("/delivery/resume")
+def resume_delivery() -> ResponseReturnValue:
+    """Resume delivery: the next pass claims the mail that waited."""
+    if pause.resume(_by()):
+        flash("Delivery resumed: the mail that waited goes out now.", "success")
+    else:
+        flash("Delivery was not paused.", "info")
+    return redirect(url_for(".index"))
