@@ -217,8 +217,8 @@ def wrk_script(workdir: Path, headers: dict[str, str]) -> Path:
     return script
 
 
-def run_wrk(port: int, script: Path, seconds: float) -> dict[str, Any]:
-    """Run wrk against POST /api/send; return its rate, counts and latency percentiles."""
+def run_wrk(port: int, script: Path, seconds: float, path: str = "/api/send") -> dict[str, Any]:
+    """Run wrk against a POST route; return its rate, counts and latency percentiles."""
     command = [
         "wrk",
         f"-t{WRK_THREADS}",
@@ -229,7 +229,7 @@ def run_wrk(port: int, script: Path, seconds: float) -> dict[str, Any]:
         "--latency",
         "-s",
         str(script),
-        f"http://{LOOPBACK}:{port}/api/send",
+        f"http://{LOOPBACK}:{port}{path}",
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
     latency = {

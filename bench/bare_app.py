@@ -9,6 +9,8 @@ BENCH_BARE_DB. Run as `gunicorn -w 2 -k sync bare_app:app`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import sqlite3
 from datetime import UTC, datetime
@@ -45,3 +47,21 @@ def send() -> Any:
             (datetime.now(UTC).isoformat(), request.get_data()),
         )
     return jsonify(id=cursor.lastrowid), 202
+
+
+@app.post("/hooks/mailersend")
+def hook() -> Any:
+    """The webhook benchmark's baseline: check the HMAC-SHA256 signature of the raw body
+    in constant time with one secret (BENCH_BARE_SECRET), commit the body as one row,
+    answer 200."""
+    body = request.get_data()
+    expected = hmac.new(os.environ["BENCH_BARE_SECRET"].encode(), body, hashlib.sha256)
+    if not hmac.compare_digest(expected.hexdigest(), request.headers.get("Signature", "")):
+        return jsonify(error="bad signature"), 401
+    conn = connection()
+    with conn:
+        conn.execute(
+            "INSERT INTO messages (created_at, data) VALUES (?, ?)",
+            (datetime.now(UTC).isoformat(), body),
+        )
+    return jsonify(status="ok"), 200

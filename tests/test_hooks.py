@@ -208,3 +208,41 @@ def test_the_webhook_holds_mail_and_its_end_releases_it(
     assert engine.run_pass().sent == 1
     (got,) = smtp_server.wait_for(1)
     assert got.message_id is not None and pk
+
+
+def test_signing_secrets_are_read_once_a_second_not_once_a_webhook(
+    client: FlaskClient, mailersend: Relay
+) -> None:
+    """The gain of webhooks.SECRETS_FOR: reading and decrypting every relay's secret for each
+    webhook was a third of its CPU (docs/benchmarks.md)."""
+    from sqlalchemy import event
+
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "webhook_secret" in statement:
+            reads.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        for i in range(10):
+            assert post(client, body_of("activity.sent", id=f"e{i}")).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert len(reads) <= 1, f"{len(reads)} reads of the secrets for 10 webhooks"
+
+
+def test_a_new_secret_takes_effect_at_once_in_this_process(
+    client: FlaskClient, mailersend: Relay, app: Any
+) -> None:
+    from app.services import relays
+
+    assert post(client, body_of("activity.sent", id="a")).status_code == 200
+    relays.update(
+        relay("primary"), app.config["RELAYBOARD"].secret_box, webhook_secret="whsec-new-0123456789"
+    )
+    assert post(client, body_of("activity.sent", id="b")).status_code == 401
+    assert (
+        post(client, body_of("activity.sent", id="c"), secret="whsec-new-0123456789").status_code
+        == 200
+    )

@@ -132,7 +132,15 @@ def create(box: SecretBox, **values: Any) -> Relay:
         relay.webhook_secret_encrypted = box.encrypt(webhook_secret)
     db.session.add(relay)
     db.session.commit()
+    _secrets_changed()
     return relay
+
+
+def _secrets_changed() -> None:
+    """A relay's provider or webhook secret may have changed: webhooks read them afresh."""
+    from app.services import webhooks  # webhooks reads relays; relays only tells it
+
+    webhooks.forget_secrets()
 
 
 def get_by_id(relay_id: int) -> Relay | None:
@@ -165,6 +173,7 @@ def update(relay: Relay, box: SecretBox | None = None, **values: Any) -> Relay:
     if webhook_secret and box is not None:
         relay.webhook_secret_encrypted = box.encrypt(webhook_secret)
     db.session.commit()
+    _secrets_changed()
     return relay
 
 
@@ -178,6 +187,7 @@ def remove(relay: Relay) -> None:
     )
     db.session.delete(relay)
     db.session.commit()
+    _secrets_changed()
 
 
 def endpoint(relay: Relay, box: SecretBox) -> Endpoint:

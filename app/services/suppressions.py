@@ -31,8 +31,13 @@ def suppress(
     relay_id: int | None = None,
     message_id: int | None = None,
     now: datetime | None = None,
+    commit: bool = True,
 ) -> bool:
-    """Suppress an address; say whether it is new (False: it already was)."""
+    """Suppress an address; say whether it is new (False: it already was).
+
+    Under a savepoint, so a repeat leaves the caller's transaction whole; `commit=False`
+    leaves the commit to the caller (a batch of webhooks).
+    """
     address = address.strip().lower()
     if not address or "@" not in address:
         raise ValueError(f"{address!r} is not an email address")
@@ -44,12 +49,13 @@ def suppress(
         message_id=message_id,
         created_at=now or utcnow(),
     )
-    db.session.add(row)
     try:
-        db.session.commit()
+        with db.session.begin_nested():
+            db.session.add(row)
     except IntegrityError:
-        db.session.rollback()
         return False
+    if commit:
+        db.session.commit()
     log.warning(
         "address suppressed", extra={"address": address, "source": source, "reason": reason}
     )
