@@ -54,8 +54,7 @@ def hold(db: Path) -> None:
             (now, relay_id),
         )
         conn.execute(
-            "UPDATE messages SET status = 'held', next_attempt_at = NULL, "
-            "waiting_for_relay_id = ?",
+            "UPDATE messages SET status = 'held', next_attempt_at = NULL, waiting_for_relay_id = ?",
             (relay_id,),
         )
         conn.commit()

@@ -26,6 +26,8 @@ from typing import Any
 import api
 import drain
 import failover
+import held_drain
+import webhooks
 from _common import OUT_DIR, ROOT, machine, source, wait_for_quiet
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -41,6 +43,18 @@ BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
     ),
     "api": (api, ["--seconds", "10", "--runs", "5"], ["--seconds", "3", "--runs", "1"], 900),
     "failover": (failover, ["--runs", "3"], ["--runs", "1"], 900),
+    "held_drain": (
+        held_drain,
+        ["--messages", "100000", "--runs", "3"],
+        ["--messages", "2000", "--runs", "1", "--ramp-messages", "1500"],
+        2400,
+    ),
+    "webhooks": (
+        webhooks,
+        ["--seconds", "10", "--runs", "3"],
+        ["--seconds", "3", "--runs", "1"],
+        900,
+    ),
 }
 # Paths `--commit` exports; those missing from a commit are skipped.
 EXPORTED = ("app", "migrations", "tests", "wsgi.py", "templates", "static")
@@ -148,6 +162,27 @@ def _summary_rows(results: dict[str, dict[str, Any] | str]) -> list[str]:
         rows.append(
             f"| failover (b) | time to deliver {h['messages']} past a hanging relay | "
             f"{h['seconds']:.1f} s | (Postfix: {h['postfix_quoted']}, quoted) | |"
+        )
+    hd = results.get("held_drain")
+    if isinstance(hd, dict):
+        rows.append(
+            f"| held drain | {hd['messages']} held messages released with the ramp off / plain "
+            f"`relayboard drain`, msg/s | {hd['ratio']:.2f} ({hd['held_rate']:.0f} / "
+            f"{hd['plain_rate']:.0f}) | ≥ {held_drain.TARGET_RATIO:.2f} | "
+            f"{ok(hd['ratio'] >= held_drain.TARGET_RATIO)} |"
+        )
+        rows.append(
+            "| held drain | ramp on: worst step, measured rate against the ramp's | "
+            f"{hd['ramp_worst']:.0%} | within {held_drain.RAMP_TOLERANCE:.0%} | "
+            f"{ok(hd['ramp_worst'] <= held_drain.RAMP_TOLERANCE)} |"
+        )
+    w = results.get("webhooks")
+    if isinstance(w, dict):
+        rows.append(
+            f"| webhooks | p99 at 16 senders, worst run (baseline {w['bare_p99_ms']:.1f} ms; "
+            f"{w['rate']:.0f} req/s, {w['ratio']:.2f} of the baseline) | "
+            f"{w['worst_p99_ms']:.1f} ms | < {webhooks.TARGET_P99_MS:.0f} ms | "
+            f"{ok(w['worst_p99_ms'] < webhooks.TARGET_P99_MS)} |"
         )
     for name, value in results.items():
         if isinstance(value, str):

@@ -109,8 +109,9 @@ def _rows(db: Path, table: str) -> int:
 def _acted(db: Path) -> int:
     with closing(sqlite3.connect(db, timeout=30)) as conn:
         return int(
-            conn.execute("SELECT count(*) FROM webhook_events WHERE processed_at IS NOT NULL")
-            .fetchone()[0]
+            conn.execute(
+                "SELECT count(*) FROM webhook_events WHERE processed_at IS NOT NULL"
+            ).fetchone()[0]
         )
 
 
