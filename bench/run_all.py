@@ -46,7 +46,7 @@ BENCHES: dict[str, tuple[Any, list[str], list[str], float]] = {
     "held_drain": (
         held_drain,
         ["--messages", "100000", "--runs", "3"],
-        ["--messages", "2000", "--runs", "1", "--ramp-messages", "1500"],
+        ["--messages", "2000", "--runs", "1", "--ramp-messages", "2500"],
         2400,
     ),
     "webhooks": (
