@@ -115,10 +115,23 @@ def _register_blueprints(app: Flask) -> None:
     from app.web.overview.routes import bp as overview
     from app.web.relays.routes import bp as relays
     from app.web.settings.routes import bp as settings
+    from app.web.suppressions.routes import bp as suppressions
 
     csrf.exempt(api)  # API keys, not sessions: no cross-site request can carry one
     csrf.exempt(hooks)  # signed by the ESP: a forged request has no valid signature
-    areas = (api, hooks, health, auth, overview, relays, drains, messages, events, settings)
+    areas = (
+        api,
+        hooks,
+        health,
+        auth,
+        overview,
+        relays,
+        drains,
+        messages,
+        events,
+        suppressions,
+        settings,
+    )
     for blueprint in areas:
         app.register_blueprint(blueprint)
     init_web(app)

@@ -296,3 +296,15 @@ def test_the_ramp_setting_reads_on_and_off() -> None:
         Settings.from_env({**base, "RELAYBOARD_DRAIN_RAMP": "sometimes"})
     with pytest.raises(SettingsError, match="RELAYBOARD_DRAIN_GROWTH"):
         Settings.from_env({**base, "RELAYBOARD_DRAIN_GROWTH": "0.5"})
+
+
+def test_each_step_of_the_ramp_is_logged_and_an_event(app: Any, held: list[int]) -> None:
+    settings = replace(app.config["RELAYBOARD"], drain_initial_rate=1, drain_step=10)
+    t0 = utcnow()
+    maintenance.end(relay("primary"), "cli", now=t0, settings=settings)
+    drains.pace(t0 + timedelta(seconds=5))
+    drains.pace(t0 + timedelta(seconds=11))
+    drains.pace(t0 + timedelta(seconds=12))
+    steps = db.session.scalars(select(Event).where(Event.type == "drain_rate")).all()
+    assert [e.data["rate"] for e in steps if e.data] == [2.0]
+    assert "the ramp is at 2 msg/s (was 1)" in steps[0].detail

@@ -246,3 +246,41 @@ def test_a_new_secret_takes_effect_at_once_in_this_process(
         post(client, body_of("activity.sent", id="c"), secret="whsec-new-0123456789").status_code
         == 200
     )
+
+
+def test_the_scheduler_acts_on_batch_after_batch_until_none_wait(
+    app: Any, client: FlaskClient, mailersend: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import jobs
+
+    monkeypatch.setattr(jobs, "WEBHOOK_BATCH", 20)
+    for i in range(50):
+        assert post(client, body_of("activity.sent", id=f"k{i}")).status_code == 200
+    jobs.maintenance_job(app)
+    pending = db.session.scalar(
+        select(func.count()).select_from(WebhookEvent).where(WebhookEvent.processed_at.is_(None))
+    )
+    assert pending == 0, "one run of the job acted on all 50, 20 at a time"
+
+
+def test_acting_on_a_batch_takes_a_fixed_number_of_queries(
+    client: FlaskClient, mailersend: Relay
+) -> None:
+    """Matching a batch's events to messages and reading their relays is one query each,
+    not one per event (acting cost 420 µs an event with a query per event, 194 without:
+    docs/benchmarks.md)."""
+    from sqlalchemy import event
+
+    for i in range(40):
+        post(client, body_of("activity.delivered", id=f"q{i}", email_id=f"E{i}"))
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert webhooks.process_pending() == 40
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert len(statements) <= 10, f"{len(statements)} statements for 40 events"

@@ -239,7 +239,27 @@ def _release(conn: Connection, drain: Any, tokens: float, ran: float, now: datet
         if not moved:
             savepoint.rollback()  # another process refilled it meanwhile: its turn
             return 0
+        _note_rate_change(conn, drain, ran, now)
     return int(queued)
+
+
+def _note_rate_change(conn: Connection, drain: Any, ran: float, now: datetime) -> None:
+    """Log the ramp's step up (an event too), when one happened since the last refill."""
+    ramp = Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
+    before, after = ramp.rate(drain.refilled_run), ramp.rate(ran)
+    if after == before:
+        return
+    detail = f"drain {drain.id}: the ramp is at {after:g} msg/s (was {before:g})"
+    conn.execute(
+        insert(Event).values(
+            at=now,
+            type="drain_rate",
+            relay_id=drain.relay_id,
+            detail=detail,
+            data={"drain": drain.id, "rate": after, "was": before},
+        )
+    )
+    log.info("drain rate", extra={"drain": drain.id, "rate": after, "was": before})
 
 
 def counts(drain_id: int, conn: Connection | None = None) -> dict[str, int]:
