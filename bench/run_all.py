@@ -206,6 +206,13 @@ def render(results: dict[str, dict[str, Any] | str], busy: float, quick: bool) -
         default=busy,
     )
     code = f"commit {src.get('commit', '?')}"
+    commits = {
+        name: r.get("source", {}).get("commit", "?")
+        for name, r in results.items()
+        if isinstance(r, dict)
+    }
+    if len(set(commits.values())) > 1:  # a subset was run again on a later commit
+        code = ", ".join(f"{name} at commit {commit}" for name, commit in commits.items())
     if changed:
         code += " plus uncommitted changes to " + ", ".join(f"`{c}`" for c in changed)
     parts = [
