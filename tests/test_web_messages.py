@@ -413,6 +413,31 @@ def test_bulk_cancel_touches_exactly_the_matching_rows(
     }
 
 
+@ON_BOTH_DATABASES
+def test_bulk_release_sends_the_held_matching_mail_through_a_paced_drain(
+    browser_client: FlaskClient, send: Any
+) -> None:
+    from app.models import Drain
+
+    held = [send(tags=["batch"], priority=p)["id"] for p in ("low", "high")]
+    other_held = send(tags=["other"])["id"]
+    queued = send(tags=["batch"])["id"]
+    for pk in (*held, other_held):
+        set_status(pk, "held")
+    html = browser_client.get("/messages/?tag=batch").get_data(as_text=True)
+    assert "Release held (paced)" in html
+    response = browser_client.post("/messages/bulk/release?tag=batch", headers=HTMX)
+    flash = flash_of(response)
+    assert flash["category"] == "success" and "releases 2 held messages" in flash["text"]
+    (drain,) = db.session.scalars(select(Drain)).all()
+    assert drain.backlog == 2 and drain.created_by.startswith("operator ")
+    assert [message(pk).drain_id for pk in held] == [drain.id, drain.id]
+    assert [message(pk).status for pk in held] == ["held", "held"], "released at the ramp's pace"
+    assert message(other_held).drain_id is None and message(queued).status == "queued"
+    again = browser_client.post("/messages/bulk/release?tag=batch", headers=HTMX)
+    assert flash_of(again)["text"] == "No held message matches this filter: nothing was released."
+
+
 def test_bulk_actions_without_htmx_redirect_back_to_the_filter(
     browser_client: FlaskClient, send: Any
 ) -> None:

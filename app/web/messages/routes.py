@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 from sqlalchemy.orm import defer
 from werkzeug.wrappers import Response
 
+from app.config import settings_of
 from app.db import db
 from app.domain.links import extract_links
 from app.models import PRIORITY_NAMES, Attempt, Message
-from app.services import operations, queue
+from app.services import drains, operations, queue
 from app.web.messages.forms import MessageFilterForm
 from app.web.messages.headers import stored_headers
 from app.web.render import flash_trigger, fragment, htmx, page_or_fragment, wants_fragment
@@ -72,12 +73,15 @@ def index() -> Response:
 
 @bp.post("/bulk/<action>")
 def bulk(action: str) -> Response:
-    """Retry or cancel every message the filter in the query string matches."""
-    if action not in ACTIONS:
+    """Retry, cancel or release (paced, through a drain) every message the filter in the
+    query string matches."""
+    if action not in (*ACTIONS, "release"):
         abort(404)
     form = MessageFilterForm(request.args)
     if not form.validate():
         text, category = "Fix the filter first: nothing was changed.", "error"
+    elif action == "release":
+        text, category = _release_held(form)
     else:
         ids = operations.matching_ids(form.to_filter())
         result = ACTIONS[action](ids, current_user.email)
@@ -90,6 +94,26 @@ def bulk(action: str) -> Response:
     flash(text, category)
     args: dict[str, Any] = form.args()
     return redirect(url_for("messages.index", **args))
+
+
+def _release_held(form: MessageFilterForm) -> tuple[str, str]:
+    """Start a drain of the held messages the filter matches: released at the ramp's pace,
+    highest priority first, like the end of a maintenance."""
+    matching = operations.filter_query(form.to_filter()).with_only_columns(Message.id)
+    drain = drains.start(
+        Message.id.in_(matching.scalar_subquery()) & drains.held_filter(),
+        ramp=drains.ramp_for(settings_of(current_app), None),
+        by=f"operator {current_user.email}",
+        reason="held mail released by hand from the messages page",
+    )
+    if drain is None:
+        return "No held message matches this filter: nothing was released.", "info"
+    return (
+        f"Drain {drain.id} releases {drain.backlog} held "
+        f"{'message' if drain.backlog == 1 else 'messages'}, highest priority first, at a "
+        "pace that ramps up.",
+        "success",
+    )
 
 
 def _message_or_404(message_pk: int) -> Message:
