@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +20,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from app import create_app  # noqa: E402
 from app.domain.mime import Mailbox, MessageSpec, build_message  # noqa: E402
 from app.db import db  # noqa: E402
-from app.services import api_keys, operators, queue, relays  # noqa: E402
+from app.services import api_keys, maintenance, operators, queue, relays  # noqa: E402
 from app.services.delivery import DeliveryEngine  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, LiveServer  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
@@ -58,6 +59,22 @@ def seed(app: object, sink: ScriptedSMTPServer, flaky: ScriptedSMTPServer,
             first = first or queued.id
             if i % 10 == 9:
                 DeliveryEngine(db.engine, app.config["RELAYBOARD"]).run_pass()  # type: ignore[attr-defined]
+        # A MailerSend relay that was in maintenance: its held mail drains at a slow ramp.
+        settings = replace(app.config["RELAYBOARD"], drain_initial_rate=0.05)  # type: ignore[attr-defined]
+        mailersend = relays.create(settings.secret_box, name="mailersend", host=sink.host,
+                                   port=sink.port, security="none", provider="mailersend",
+                                   priority=5, maintenance_policy="hold")
+        maintenance.start(mailersend, f"operator {EMAIL}", "MailerSend platform upgrade")
+        for i in range(24):
+            spec = MessageSpec(
+                Mailbox("billing@example.com", "Example Billing"),
+                [Mailbox(f"payer{i}@example.org")], [], [], None,
+                f"Invoice #{5000 + i}", "Your invoice is attached.", None, [], {}, [],
+            )
+            queue.enqueue(build_message(spec, max_bytes=100_000),
+                          priority=(0, 1, 2)[i % 3], tags=["invoices"])
+        DeliveryEngine(db.engine, settings).run_pass()
+        maintenance.end(mailersend, f"operator {EMAIL}", "upgrade done", settings=settings)
         return first
 
 
@@ -84,6 +101,7 @@ def main() -> None:
                 ("message", f"/messages/{first}"),
                 ("messages", "/messages/"),
                 ("events", "/events/"),  # failovers, circuits and health
+                ("drains", "/drains/"),
 
                 ("settings", "/settings/"),
             ]:
