@@ -306,5 +306,32 @@ def test_each_step_of_the_ramp_is_logged_and_an_event(app: Any, held: list[int])
     drains.pace(t0 + timedelta(seconds=11))
     drains.pace(t0 + timedelta(seconds=12))
     steps = db.session.scalars(select(Event).where(Event.type == "drain_rate")).all()
-    assert [e.data["rate"] for e in steps if e.data] == [2.0]
+    assert [e.data["rate"] for e in steps if e.data and not e.data.get("ended")] == [2.0]
     assert "the ramp is at 2 msg/s (was 1)" in steps[0].detail
+
+
+def test_a_ramp_without_a_ceiling_ends_where_sending_stops_keeping_up(
+    app: Any, smtp_server: Any, add_relay: Any, send: Any
+) -> None:
+    """No pass runs here, so nothing released is sent: once more than a second's worth
+    waits, the ramp stops growing at the rate it had reached."""
+    settings = replace(app.config["RELAYBOARD"], drain_initial_rate=2, drain_step=1)
+    add_relay("primary", smtp_server, maintenance_policy="hold")
+    maintenance.start(relay("primary"), "cli")
+    for _ in range(60):
+        send()
+    DeliveryEngine(db.engine, settings).run_pass()
+    t0 = utcnow()
+    drain = drains.get(
+        maintenance.end(relay("primary"), "cli", now=t0, settings=settings).drain_id  # type: ignore[union-attr, arg-type]
+    )
+    for tick in range(1, 100):  # as a pass polls: every 50 ms
+        drains.pace(t0 + timedelta(seconds=tick * 0.05))
+    db.session.refresh(drain)
+    assert drain.max_rate is not None and drain.max_rate < 2 * 2**5
+    (ended,) = [
+        e
+        for e in db.session.scalars(select(Event).where(Event.type == "drain_rate"))
+        if e.data and e.data.get("ended")
+    ]
+    assert "the ramp ended at" in ended.detail and "more than sending achieves" in ended.detail

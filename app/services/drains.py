@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 from app import logs
 from app.config import Settings
 from app.db import db
-from app.domain.ramp import Ramp
+from app.domain.ramp import MIN_BURST, Ramp
 from app.models import (
     DEFERRED,
     FAILED,
@@ -178,6 +178,8 @@ def release_due(conn: Connection, now: datetime) -> tuple[int, int]:
         gained = ramp.integral(ran) - ramp.integral(drain.refilled_run)
         tokens = min(ramp.burst(ran), drain.tokens + max(0.0, gained))
         released += _release(conn, drain, tokens, ran, now)
+        if drain.max_rate is None and drain.factor > 1:
+            _end_ramp_if_ahead(conn, drain, ramp.rate(ran), now)
         _finish_if_done(conn, drain.id, drain.relay_id, drain.started_at, ran, now)
     still = conn.execute(
         select(func.count())
@@ -241,6 +243,37 @@ def _release(conn: Connection, drain: Any, tokens: float, ran: float, now: datet
             return 0
         _note_rate_change(conn, drain, ran, now)
     return int(queued)
+
+
+def _end_ramp_if_ahead(conn: Connection, drain: Any, rate: float, now: datetime) -> None:
+    """End a ramp without a ceiling once it lets out more than sending achieves: more than
+    a second's worth released and not yet taken. It stays at that rate from then on."""
+    waiting = conn.execute(
+        select(func.count())
+        .select_from(Message)
+        .where(Message.drain_id == drain.id, Message.status == QUEUED)
+    ).scalar_one()
+    if waiting <= max(MIN_BURST, rate):
+        return
+    ended = conn.execute(
+        update(Drain).where(Drain.id == drain.id, Drain.max_rate.is_(None)).values(max_rate=rate)
+    ).rowcount
+    if not ended:
+        return
+    detail = (
+        f"drain {drain.id}: the ramp ended at {rate:g} msg/s, more than sending achieves "
+        f"({waiting} released messages wait to be sent)"
+    )
+    conn.execute(
+        insert(Event).values(
+            at=now,
+            type="drain_rate",
+            relay_id=drain.relay_id,
+            detail=detail,
+            data={"drain": drain.id, "rate": rate, "ended": True, "waiting": int(waiting)},
+        )
+    )
+    log.info("drain ramp ended", extra={"drain": drain.id, "rate": rate, "waiting": waiting})
 
 
 def _note_rate_change(conn: Connection, drain: Any, ran: float, now: datetime) -> None:
