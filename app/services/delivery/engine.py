@@ -154,7 +154,7 @@ class Pass:
     sending: bool = True  # False once the senders are done: the recorder may end
     grace_until: float = 0.0  # time.monotonic() by which messages in flight must end
     renewed_until: float = 0.0  # time.monotonic() by which our leases surely hold
-    drains_waiting: int = 0  # messages running drains still hold: the pass waits for them
+    drains_waiting: int = 0  # 1 while running drains still hold mail: the pass waits for it
     _order: list[RelayState] | None = None
     _busy: int = 0
 
