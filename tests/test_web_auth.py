@@ -13,7 +13,7 @@ from app.db import db
 from app.models import Operator
 from tests.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD
 
-PAGES = ["/", "/relays/", "/messages/", "/events/", "/settings/"]
+PAGES = ["/", "/relays/", "/drains/", "/messages/", "/events/", "/suppressions/", "/settings/"]
 
 
 def csrf_of(html: str) -> str:
