@@ -183,19 +183,22 @@ def process_pending(
     try:
         # Read first (matching events to messages), then write everything in one short
         # transaction: the write lock is held for the writes alone, not the lookups.
-        matches = _matches([e for e in events if e.type.startswith("activity.")])
+        activity = {
+            e.id: webhooks.parse(e.body.encode()) for e in events if e.type.startswith("activity.")
+        }
+        matches = _matches(list(activity.values()))
         named = {e.relay_id for e in events if e.relay_id is not None}
         relays = {r.id: r for r in db.session.scalars(select(Relay).where(Relay.id.in_(named)))}
         done = [
-            _act(event, relays.get(event.relay_id or 0), now, settings, matches) for event in events
+            _act(event, relays.get(event.relay_id or 0), now, settings, matches, activity)
+            for event in events
         ]
         timeline = [d.event for d in done if d.event is not None]
         if timeline:
             db.session.execute(insert(Event.__table__), timeline)
-        results = [d.result for d in done]
-        for outcome in done:
-            if outcome.suppress is not None:
-                results[done.index(outcome)] += _suppress(**outcome.suppress)
+        results = [
+            d.result + (_suppress(**d.suppress) if d.suppress is not None else "") for d in done
+        ]
         db.session.execute(
             _EVENTS.update()
             .where(_EVENTS.c.id == bindparam("b_id"))
@@ -210,6 +213,11 @@ def process_pending(
         )
         db.session.commit()
         raise
+    unmatched = sum(1 for d in done if d.event is not None and d.event["message_id"] is None)
+    log.info(
+        "webhooks acted on",
+        extra={"events": len(events), "activity": len(activity), "unmatched": unmatched},
+    )
     return len(events)
 
 
@@ -228,6 +236,7 @@ def _act(
     now: datetime | None,
     settings: Settings | None,
     matches: dict[str, int],
+    activity: dict[int, webhooks.Incoming],
 ) -> _Done:
     """Act on one stored event (maintenance changes are written at once, being rare)."""
     if relay is None:
@@ -244,16 +253,16 @@ def _act(
         return _Done(
             f"maintenance ended; {released.held} held, {released.deferred} deferred released"
         )
-    if event.type.startswith("activity."):
-        return _activity(event, relay, now, matches)
+    if event.id in activity:
+        return _activity(activity[event.id], relay, now, matches)
     log.info("webhook of an unknown type stored", extra={"type": event.type, "relay": relay.name})
     return _Done("stored")
 
 
-def _matches(events: list[WebhookEvent]) -> dict[str, int]:
+def _matches(events: list[webhooks.Incoming]) -> dict[str, int]:
     """Map the ids activity events name to our messages, in two queries for a batch: the id
     a relay's 250 reply gave a message (kept on its attempt), else its Message-ID."""
-    ids = {i for event in events for i in _ids(webhooks.parse(event.body.encode()))}
+    ids = {i for incoming in events for i in _ids(incoming)}
     if not ids:
         return {}
     found: dict[str, int] = {}
@@ -280,10 +289,9 @@ def _ids(incoming: webhooks.Incoming) -> list[str]:
 
 
 def _activity(
-    event: WebhookEvent, relay: Relay, now: datetime | None, matches: dict[str, int]
+    incoming: webhooks.Incoming, relay: Relay, now: datetime | None, matches: dict[str, int]
 ) -> _Done:
     """Plan an activity event's place on its message's timeline; a hard bounce suppresses."""
-    incoming = webhooks.parse(event.body.encode())
     kind = incoming.type.removeprefix("activity.")
     message_id = next((matches[i] for i in _ids(incoming) if i in matches), None)
     detail = f"{relay.name} reports {kind.replace('_', ' ')} for {incoming.email or '?'}"
@@ -303,7 +311,6 @@ def _activity(
         },
     }
     result = f"attached to message {message_id}" if message_id is not None else "unmatched"
-    log.info("esp event", extra={"type": kind, "relay": relay.name, "mid": message_id})
     if kind != "hard_bounced" or not incoming.email:
         return _Done(result, row)
     suppress = {
