@@ -399,8 +399,7 @@ def drains_group() -> None:
     """Watch and steer the paced release of held mail."""
 
 
-def _drain_row(drain: Any) -> dict[str, Any]:
-    progress = drains.progress(drain)
+def _drain_row(drain: Any, progress: drains.Progress) -> dict[str, Any]:
     return {
         "id": drain.id,
         "relay": drain.relay.name if drain.relay else None,
@@ -426,7 +425,7 @@ def _drain_row(drain: Any) -> dict[str, Any]:
 @with_appcontext
 def drains_list(as_json: bool) -> None:
     """Show running and paused drains, then the latest past ones, with their progress."""
-    rows = [_drain_row(d) for d in drains.listing()]
+    rows = [_drain_row(d, p) for d, p in drains.progresses(drains.listing())]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -335,3 +335,24 @@ def test_a_ramp_without_a_ceiling_ends_where_sending_stops_keeping_up(
         if e.data and e.data.get("ended")
     ]
     assert "the ramp ended at" in ended.detail and "more than sending achieves" in ended.detail
+
+
+def test_the_progress_of_many_drains_is_counted_in_one_query(app: Any, held: list[int]) -> None:
+    from sqlalchemy import event
+
+    maintenance.end(relay("primary"), "cli")
+    maintenance.start(relay("primary"), "cli")
+    listed = drains.listing()
+    listed = listed + listed  # the same drain twice is still one query
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        shown = drains.progresses(listed)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert [p.backlog for _, p in shown] == [6, 6]
+    assert len([s for s in statements if "GROUP BY" in s.upper()]) == 1

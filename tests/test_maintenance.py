@@ -316,3 +316,22 @@ def test_mailersends_per_connection_limit_recycles_the_session_without_a_failure
 
 def attempts_of(pk: int) -> list[Attempt]:
     return list(db.session.scalars(select(Attempt).where(Attempt.message_id == pk)))
+
+
+def test_deleting_a_relay_queues_the_mail_held_for_it(
+    smtp_server_factory: Any, add_relay: Any, send: Any, engine: DeliveryEngine
+) -> None:
+    from app.services import relays
+
+    primary, backup = smtp_server_factory(), smtp_server_factory()
+    add_relay("primary", primary, priority=1, maintenance_policy="hold")
+    add_relay("backup", backup, priority=2)
+    maintenance.start(relay("primary"), "cli")
+    pk = send()["id"]
+    engine.run_pass()
+    assert message(pk).status == "held"
+    relays.remove(relay("primary"))
+    row = message(pk)
+    assert (row.status, row.waiting_for_relay_id) == ("queued", None), "not held for nothing"
+    assert engine.run_pass().sent == 1
+    assert len(backup.wait_for(1)) == 1

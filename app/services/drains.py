@@ -66,11 +66,11 @@ class Progress:
         return 100 if not self.backlog else min(100, round(100 * done / self.backlog))
 
 
-def ramp_of(drain: Drain) -> Ramp:
+def ramp_of(drain: Any) -> Ramp:
     return Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
 
 
-def elapsed(drain: Drain, now: datetime) -> float:
+def elapsed(drain: Any, now: datetime) -> float:
     """Seconds the drain has run, pauses excluded."""
     running = (now - drain.resumed_at).total_seconds() if drain.resumed_at else 0.0
     return drain.run_seconds + max(0.0, running if drain.state == RUNNING else 0.0)
@@ -173,8 +173,7 @@ def release_due(conn: Connection, now: datetime) -> tuple[int, int]:
     """
     released = 0
     for drain in conn.execute(select(*_PACE_COLUMNS).where(Drain.state == RUNNING)).all():
-        ran = drain.run_seconds + max(0.0, (now - drain.resumed_at).total_seconds())
-        ramp = Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
+        ramp, ran = ramp_of(drain), elapsed(drain, now)
         gained = ramp.integral(ran) - ramp.integral(drain.refilled_run)
         tokens = min(ramp.burst(ran), drain.tokens + max(0.0, gained))
         released += _release(conn, drain, tokens, ran, now)
@@ -193,6 +192,7 @@ def release_due(conn: Connection, now: datetime) -> tuple[int, int]:
 
 _PACE_COLUMNS = (
     Drain.id,
+    Drain.state,
     Drain.relay_id,
     Drain.tokens,
     Drain.refilled_run,
@@ -279,7 +279,7 @@ def _end_ramp_if_ahead(conn: Connection, drain: Any, rate: float, now: datetime)
 
 def _note_rate_change(conn: Connection, drain: Any, ran: float, now: datetime) -> None:
     """Log the ramp's step up (an event too), when one happened since the last refill."""
-    ramp = Ramp(drain.initial_rate, drain.factor, drain.step_seconds, drain.max_rate)
+    ramp = ramp_of(drain)
     before, after = ramp.rate(drain.refilled_run), ramp.rate(ran)
     if after == before:
         return
@@ -427,8 +427,26 @@ def cancel(drain: Drain, by: str, now: datetime | None = None) -> int:
 
 def progress(drain: Drain, now: datetime | None = None) -> Progress:
     """Return where a drain stands."""
+    return progresses([drain], now)[0][1]
+
+
+def progresses(listed: list[Drain], now: datetime | None = None) -> list[tuple[Drain, Progress]]:
+    """Return each drain with where it stands, its counts read in one query for all."""
     now = now or utcnow()
-    by_status = counts(drain.id)
+    by_drain: dict[int, dict[str, int]] = {d.id: {} for d in listed}
+    if listed:
+        rows = db.session.execute(
+            select(Message.drain_id, Message.status, func.count())
+            .where(Message.drain_id.in_(by_drain))
+            .group_by(Message.drain_id, Message.status)
+        )
+        for drain_id, status, n in rows:
+            if drain_id is not None:
+                by_drain[drain_id][status] = int(n)
+    return [(d, _progress(d, by_drain[d.id], now)) for d in listed]
+
+
+def _progress(drain: Drain, by_status: dict[str, int], now: datetime) -> Progress:
     ramp, ran = ramp_of(drain), elapsed(drain, now)
     unreleased = by_status.get(HELD, 0)
     running = drain.state == RUNNING

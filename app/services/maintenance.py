@@ -278,36 +278,40 @@ def windows(include_past: bool = False) -> list[MaintenanceWindow]:
 
 
 def tick(now: datetime | None = None, settings: Settings | None = None) -> int:
-    """Start the windows whose time has come and end those that are over; return changes."""
+    """Start the windows whose time has come and end those that are over; return changes.
+
+    Each window moves from state to state in one guarded UPDATE, so whichever process
+    ticks first starts or ends it, once.
+    """
     now = now or utcnow()
     changed = 0
     due = select(MaintenanceWindow).where(
         MaintenanceWindow.state == PLANNED, MaintenanceWindow.starts_at <= now
     )
     for window in db.session.scalars(due).all():
-        claimed = _changed(
-            update(MaintenanceWindow)
-            .where(MaintenanceWindow.id == window.id, MaintenanceWindow.state == PLANNED)
-            .values(state=ACTIVE if window.ends_at > now else DONE)
-        )
-        db.session.commit()
-        if claimed and window.ends_at > now:  # one process starts it, whoever ticks first
+        running = window.ends_at > now  # a window found after its end never starts
+        if _move(window, PLANNED, ACTIVE if running else DONE) and running:
             start(window.relay, f"plan {window.id}", window.note, now)
             changed += 1
     over = select(MaintenanceWindow).where(
         MaintenanceWindow.state == ACTIVE, MaintenanceWindow.ends_at <= now
     )
     for window in db.session.scalars(over).all():
-        claimed = _changed(
-            update(MaintenanceWindow)
-            .where(MaintenanceWindow.id == window.id, MaintenanceWindow.state == ACTIVE)
-            .values(state=DONE)
-        )
-        db.session.commit()
-        if claimed:
+        if _move(window, ACTIVE, DONE):
             end(window.relay, f"plan {window.id}", window.note, now, settings)
             changed += 1
     return changed
+
+
+def _move(window: MaintenanceWindow, before: str, after: str) -> bool:
+    """Move a window from one state to the next; say whether this call did."""
+    moved = _changed(
+        update(MaintenanceWindow)
+        .where(MaintenanceWindow.id == window.id, MaintenanceWindow.state == before)
+        .values(state=after)
+    )
+    db.session.commit()
+    return bool(moved)
 
 
 def held_counts() -> dict[int, int]:

@@ -147,12 +147,7 @@ class MessageDelivery:
         """Hold the recipients still owed until the relay's maintenance ends."""
         now = utcnow()
         why = f"held for {relay.name}, in maintenance {relay.maintenance}"
-        events = [
-            self._event(
-                now, "recipient_failed", f"{r}: {why_not}", {"recipient": r, "reason": why_not}
-            )
-            for r, why_not in self.rejected.items()
-        ]
+        events = self._rejections(now)
         events.append(self._event(now, "held", why, {"relay": relay.name}, relay=relay))
         done = {*self.delivered, *self.rejected}
         owed = [r for r in self.message.recipients if r not in done]
@@ -346,10 +341,7 @@ class MessageDelivery:
     def _conclude(self) -> Outcome:
         """Turn where the recipients stand into the message's new status and its events."""
         now = utcnow()
-        events = [
-            self._event(now, "recipient_failed", f"{r}: {why}", {"recipient": r, "reason": why})
-            for r, why in self.rejected.items()
-        ]
+        events = self._rejections(now)
         if self.retry:
             outcome = self._deferred(now, events)
         elif self.delivered:
@@ -370,6 +362,13 @@ class MessageDelivery:
             events.append(self._event(now, "failed", error))
             outcome = self._outcome(FAILED, events, last_error=error)
         return outcome
+
+    def _rejections(self, now: datetime) -> list[EventRecord]:
+        """Return an event for each recipient rejected for good."""
+        return [
+            self._event(now, "recipient_failed", f"{r}: {why}", {"recipient": r, "reason": why})
+            for r, why in self.rejected.items()
+        ]
 
     def _deferred(self, now: datetime, events: list[EventRecord]) -> Outcome:
         """Defer with backoff, requeue what a stop sent back, or fail a message too old to try."""

@@ -42,7 +42,7 @@ def _drain(drain_id: int) -> Drain:
 def _running() -> dict[str, Any]:
     """Return what the live part shows: each running or paused drain with its progress."""
     active = drains.listing(limit=0)  # the running and paused ones alone
-    running = [(drain, drains.progress(drain)) for drain in active]
+    running = drains.progresses(active)
     return {
         "running": running,
         "poll_ms": POLL_MS,
@@ -54,7 +54,7 @@ def _running() -> dict[str, Any]:
 def _past() -> dict[str, Any]:
     """Return the latest drains that ended, with their final counts and duration."""
     ended = [d for d in drains.listing(limit=PAST_SHOWN) if d.state not in drains.ACTIVE]
-    past = [(drain, drains.progress(drain)) for drain in ended]
+    past = drains.progresses(ended)
     return {"past": past, "past_poll_ms": PAST_POLL_MS, "span": stats.span}
 
 

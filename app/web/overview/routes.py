@@ -43,7 +43,7 @@ def _state() -> dict[str, Any]:
 
 def _drains() -> dict[str, Any]:
     # The running and paused drains alone: nothing past.
-    running = [(drain, drains.progress(drain)) for drain in drains.listing(limit=0)]
+    running = drains.progresses(drains.listing(limit=0))
     return {"running": running, "span": stats.span, "unlimited": drains.UNLIMITED}
 
 
